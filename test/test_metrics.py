@@ -1,0 +1,145 @@
+"""Tests of gs2pose_ros.metrics against hand-computed cases and brute force."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from gs2pose_ros.errors import GeometryError
+from gs2pose_ros.metrics import (
+    PoseErrorEvaluator,
+    PoseErrors,
+    add,
+    adds,
+    rotation_error_deg,
+    translation_error,
+)
+
+RNG = np.random.default_rng(0)
+I3 = np.eye(3)
+
+
+def _rot(rotvec) -> np.ndarray:
+    return Rotation.from_rotvec(rotvec).as_matrix()
+
+
+def _cylinder_points(n=400, radius=0.03, height=0.1):
+    """Points on a cylinder around z, rotationally symmetric by any angle in steps of 360/n_ring."""
+    n_ring = 20
+    a = np.arange(n_ring) * 2 * np.pi / n_ring
+    zs = np.linspace(-height / 2, height / 2, n // n_ring)
+    ring = np.stack([radius * np.cos(a), radius * np.sin(a)], axis=1)
+    return np.concatenate([np.column_stack([ring, np.full(n_ring, z)]) for z in zs])
+
+
+def _brute_adds(R_e, t_e, R_g, t_g, pts):
+    e = pts @ R_e.T + t_e
+    g = pts @ R_g.T + t_g
+    d = np.linalg.norm(g[:, None, :] - e[None, :, :], axis=-1)
+    return d.min(axis=1).mean()
+
+
+def test_pure_translation_error_gives_that_distance():
+    pts = RNG.normal(size=(300, 3)) * 0.05
+    R = _rot(RNG.normal(size=3))
+    t = np.array([0.01, -0.02, 0.6])
+    d = np.array([0.003, -0.004, 0.0])  # |d| = 5 mm
+    assert math.isclose(add(R, t + d, R, t, pts), 0.005, rel_tol=1e-12)
+    assert math.isclose(translation_error(t + d, t), 0.005, rel_tol=1e-12)
+    assert adds(R, t + d, R, t, pts) <= 0.005 + 1e-12
+    assert rotation_error_deg(R, R) == 0.0
+    # Column vectors (3, 1), as bop_toolkit passes them, work too.
+    assert math.isclose(add(R, (t + d)[:, None], R, t[:, None], pts), 0.005, rel_tol=1e-12)
+
+
+def test_symmetric_object_half_turn_about_axis():
+    pts = _cylinder_points()
+    t = np.array([0.0, 0.0, 0.7])
+    R_e = _rot([0.0, 0.0, np.pi])  # maps the cylinder onto itself
+    e_adds = adds(R_e, t, I3, t, pts)
+    e_add = add(R_e, t, I3, t, pts)
+    assert e_adds < 1e-12
+    assert math.isclose(e_add, 2 * 0.03, rel_tol=1e-9)  # every point moves across the diameter
+    ev = PoseErrorEvaluator(pts, diameter=math.hypot(0.06, 0.1), symmetric=True)
+    r = ev.evaluate(R_e, t, I3, t)
+    assert r.adds < 1e-12 and r.add_or_adds == r.adds and r.correct
+    assert math.isclose(r.re, 180.0, abs_tol=1e-6)
+    assert not PoseErrorEvaluator(pts, math.hypot(0.06, 0.1), symmetric=False).is_correct(R_e, t, I3, t)
+
+
+@pytest.mark.parametrize("deg", [0.0, 1e-3, 5.0, 37.0, 90.0, 179.0, 180.0])
+def test_rotation_error_known_angle(deg):
+    R_gt = _rot(RNG.normal(size=3))
+    axis = RNG.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    R_est = _rot(np.radians(deg) * axis) @ R_gt
+    # acos near 0 is ill conditioned: 1e-3 degrees comes back to ~1e-5 relative.
+    assert math.isclose(rotation_error_deg(R_est, R_gt), deg, abs_tol=2e-5)
+    assert math.isclose(rotation_error_deg(R_gt, R_est), deg, abs_tol=2e-5)
+
+
+def test_rotation_error_clips_cosine():
+    slightly_big = I3 * (1 + 1e-9)  # trace > 3 from round-off
+    assert rotation_error_deg(slightly_big, I3) == 0.0
+
+
+def test_is_correct_at_the_threshold():
+    pts = RNG.normal(size=(100, 3)) * 0.04
+    diameter = 0.2
+    ev = PoseErrorEvaluator(pts, diameter, symmetric=False)
+    t = np.array([0.0, 0.0, 1.0])
+    below = ev.evaluate(I3, t + [0, 0, 0.0199], I3, t)
+    above = ev.evaluate(I3, t + [0, 0, 0.0201], I3, t)
+    assert below.correct and ev.is_correct(I3, t + [0, 0, 0.0199], I3, t)
+    assert not above.correct and not ev.is_correct(I3, t + [0, 0, 0.0201], I3, t)
+    # Exactly at k d is not "below" (strict <). Powers of two keep every number exact.
+    ev2 = PoseErrorEvaluator(np.array([[0.0, 0.0, 0.0], [0.5, 0.25, -0.125]]), 0.5, symmetric=False)
+    assert ev2.add(I3, t + [0, 0, 0.0625], I3, t) == 0.0625
+    assert not ev2.is_correct(I3, t + [0, 0, 0.0625], I3, t, k=0.125)
+    assert ev.is_correct(I3, t + [0, 0, 0.03], I3, t, k=0.2)
+    assert isinstance(below, PoseErrors)
+    assert math.isclose(below.te, 0.0199) and below.re == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kdtree_adds_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    pts = rng.normal(size=(150, 3)) * 0.05
+    R_g, R_e = _rot(rng.normal(size=3)), _rot(rng.normal(size=3) * 0.3)
+    t_g = rng.normal(size=3) * 0.1 + [0, 0, 0.8]
+    t_e = t_g + rng.normal(size=3) * 0.01
+    R_e = R_e @ R_g
+    ref = _brute_adds(R_e, t_e, R_g, t_g, pts)
+    assert math.isclose(adds(R_e, t_e, R_g, t_g, pts), ref, rel_tol=1e-12)
+    ev = PoseErrorEvaluator(pts, 0.3, symmetric=True)
+    assert math.isclose(ev.adds(R_e, t_e, R_g, t_g), ref, rel_tol=1e-9)
+    # Direction matters (bop_toolkit: gt points to their nearest estimated point).
+    assert math.isclose(ev.add(R_e, t_e, R_g, t_g), add(R_e, t_e, R_g, t_g, pts))
+    r = ev.evaluate(R_e, t_e, R_g, t_g)
+    assert r.adds <= r.add + 1e-15 and r.add_or_adds == r.adds
+
+
+def test_adds_direction_is_bop_toolkits():
+    # bop_toolkit's adi averages over gt-posed points the distance to the nearest est-posed point;
+    # the other direction gives a different number on an irregular point set.
+    rng = np.random.default_rng(42)
+    pts = rng.normal(size=(40, 3)) * np.array([0.1, 0.02, 0.01])
+    R_e, t_e = _rot([0.0, 0.0, 0.7]), np.array([0.01, 0.0, 0.5])
+    t_g = np.array([0.0, 0.0, 0.5])
+    gt_to_est = _brute_adds(R_e, t_e, I3, t_g, pts)
+    est_to_gt = _brute_adds(I3, t_g, R_e, t_e, pts)
+    assert abs(gt_to_est - est_to_gt) > 1e-4
+    assert math.isclose(adds(R_e, t_e, I3, t_g, pts), gt_to_est, rel_tol=1e-12)
+    assert math.isclose(PoseErrorEvaluator(pts, 0.3).adds(R_e, t_e, I3, t_g), gt_to_est, rel_tol=1e-9)
+
+
+def test_input_validation():
+    with pytest.raises(GeometryError, match="points"):
+        PoseErrorEvaluator(np.zeros((0, 3)), 0.1)
+    with pytest.raises(GeometryError, match="diameter"):
+        PoseErrorEvaluator(np.zeros((4, 3)), 0.0)
+    with pytest.raises(GeometryError, match="t_est"):
+        add(I3, [0, 0], I3, [0, 0, 0], np.zeros((4, 3)))
+    with pytest.raises(GeometryError, match="R_gt"):
+        rotation_error_deg(I3, np.eye(4))
