@@ -42,6 +42,8 @@ setup(
     entry_points={
         "console_scripts": [
             "gs2pose = gs2pose_ros.cli:main",
+            "gs2pose_node = gs2pose_ros.ros.pose_node:main",
+            "gs2pose_replay = gs2pose_ros.ros.replay:main",
         ],
     },
 )
