@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Renderer benchmark: forward + backward (pose twist, colours, opacities) of a 128x128 crop.
+
+Usage (from the repository root):
+    .venv/bin/python bench/bench_render.py                  # CPU backend + dense reference
+    .venv/bin/python bench/bench_render.py --threads 1      # one intra-op thread
+    .venv/bin/python bench/bench_render.py --device cuda    # gsplat (needs CUDA)
+
+Scene: gs2pose_ros.gaussians.procedural_box_model(N) (a textured 8x6x5 cm box, flat Gaussians)
+0.3 m in front of the camera, K scaled so the box fills ~80% of the crop. One step = render at
+se3_exp(xi) @ T0 with xi, sh and opacity_logits requiring grad, L1 loss against a target image
+(plus the alpha sum), backward. Reports median/p90/min over --reps after --warmup, the dense
+reference on the same scene with --ref-reps, and a per-stage breakdown; prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from gs2pose_ros.gaussians import procedural_box_model  # noqa: E402
+from gs2pose_ros.lie import make_pose, se3_exp, so3_exp  # noqa: E402
+from gs2pose_ros.render import _common, cpu, render  # noqa: E402
+
+
+def scene(n: int, size: int, device: str):
+    model = procedural_box_model(n).to(device=device)
+    f = 420.0 * size / 128
+    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]], device=device)
+    T0 = make_pose(so3_exp(torch.tensor([0.5, -0.6, 0.3])), torch.tensor([0.0, 0.0, 0.3]))
+    T0 = T0.to(device)
+    target = render(model, se3_exp(torch.tensor([0.002, -0.001, 0.003, 0.02, -0.01, 0.015],
+                                                device=device)) @ T0, K, size, size).color.detach()
+    return model, K, T0, target
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def step(model, K, T0, target, size, backend):
+    xi = torch.zeros(6, device=K.device, requires_grad=True)
+    m = model.clone().requires_grad_("sh", "opacity_logits")
+    out = render(m, se3_exp(xi) @ T0, K, size, size, backend=backend)
+    loss = (out.color - target).abs().mean() + out.alpha.mean()
+    loss.backward()
+    return out
+
+
+def timed(fn, reps, warmup, device):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        ts.append((time.perf_counter() - t) * 1e3)
+    return ts
+
+
+def stats(ts):
+    s = sorted(ts)
+    p90 = s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
+    return statistics.median(s), p90, s[0]
+
+
+def breakdown(model, K, T0, target, size, reps):
+    """Manual timers per stage of the CPU backend (medians, ms); mirrors cpu.rasterize_cpu."""
+    names = ["project (fwd)", "pairs: enumerate + sort", "composite fwd", "finish + loss",
+             "composite bwd", "projection + SH + twist bwd"]
+    acc = {k: [] for k in names}
+    n_pix = size * size
+    for _ in range(reps):
+        xi = torch.zeros(6, requires_grad=True)
+        m = model.clone().requires_grad_("sh", "opacity_logits")
+        t0 = time.perf_counter()
+        T, Kt = _common.check_inputs(m, se3_exp(xi) @ T0, K, size, size)
+        proj = _common.project(m, T, Kt, size, size)
+        t1 = time.perf_counter()
+        order, gi, pix, first, last = cpu._pairs(proj)
+        u = torch.arange(size, dtype=K.dtype) + 0.5
+        pxc = u.repeat(size).index_select(0, pix)
+        pyc = u.repeat_interleave(size).index_select(0, pix)
+        con = proj.conics
+        Gt = torch.stack([proj.means2d[:, 0], proj.means2d[:, 1], -0.5 * con[:, 0], -con[:, 1],
+                          -0.5 * con[:, 2], proj.opacities], dim=0).index_select(1, order)
+        feats = proj.features.t().index_select(1, order)
+        t2 = time.perf_counter()
+        a, al, _ = cpu._Composite.apply(Gt, feats, gi, pix, first, last, pxc, pyc, n_pix)
+        t3 = time.perf_counter()
+        out = _common.finish(proj, a, al, None, "cpu")
+        loss = (out.color - target).abs().mean() + out.alpha.mean()
+        g_acc, g_al = torch.autograd.grad(loss, [a, al], retain_graph=True)
+        t4 = time.perf_counter()
+        g_Gt, g_feats = torch.autograd.grad([a, al], [Gt, feats], [g_acc, g_al])
+        t5 = time.perf_counter()
+        torch.autograd.backward([Gt, feats], [g_Gt, g_feats])
+        t6 = time.perf_counter()
+        for k, t in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+            acc[k].append(t)
+    return {k: 1e3 * statistics.median(v) for k, v in acc.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=5000, help="number of Gaussians")
+    ap.add_argument("--size", type=int, default=128, help="crop size, px")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--ref-reps", type=int, default=3, help="dense reference repetitions (0: skip)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: "
+                    "leave torch's setting)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = args.device
+    model, K, T0, target = scene(args.n, args.size, dev)
+    backend = "gsplat" if dev == "cuda" else "cpu"
+    load0 = os.getloadavg()
+    out = step(model, K, T0, target, args.size, backend)
+    ts = timed(lambda: step(model, K, T0, target, args.size, backend), args.reps, args.warmup, dev)
+    med, p90, mn = stats(ts)
+    rows = [(f"{backend} fwd+bwd", med, p90, mn, args.reps)]
+    ref = None
+    if args.ref_reps and dev == "cpu":
+        rts = timed(lambda: step(model, K, T0, target, args.size, "reference"), args.ref_reps, 0,
+                    dev)
+        ref = stats(rts)
+        rows.append(("dense reference fwd+bwd", *ref, args.ref_reps))
+    bd = breakdown(model, K, T0, target, args.size, max(5, args.reps // 3)) if dev == "cpu" else {}
+    load1 = os.getloadavg()
+    print(f"# Renderer benchmark: {args.n} Gaussians, {args.size}x{args.size} px, device {dev}")
+    print(f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    print(f"- load average before/after: {load0[0]:.2f} / {load1[0]:.2f}")
+    if out.num_pairs is not None:
+        print(f"- contributing Gaussian-pixel pairs: {out.num_pairs}, mean alpha "
+              f"{float(out.alpha.detach().mean()):.2f}")
+    print()
+    print("| what | median ms | p90 ms | min ms | runs |")
+    print("|---|---|---|---|---|")
+    for name, a, b, c, n in rows:
+        print(f"| {name} | {a:.1f} | {b:.1f} | {c:.1f} | {n} |")
+    if ref:
+        print(f"\nspeed-up of the CPU backend over the dense reference (medians): "
+              f"{ref[0] / med:.0f}x")
+    if bd:
+        print("\n| stage (CPU backend, medians) | ms |")
+        print("|---|---|")
+        for k, v in bd.items():
+            print(f"| {k} | {v:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
