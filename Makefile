@@ -10,6 +10,9 @@ PYTEST_ARGS ?=
 
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= 42
+# libgomp's default busy-wait makes multi-threaded torch crawl when the cores are shared with
+# other processes (the ROS tests run a node beside the test process): wait passively.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test test-fast bench clean
 

@@ -20,6 +20,9 @@ from gs2pose_ros.errors import Gs2PoseError
 COMMAND_MODULES = (
     "gs2pose_ros.commands.info",
     "gs2pose_ros.synth.cli",
+    "gs2pose_ros.commands.build_model",
+    "gs2pose_ros.posenet.cli",
+    "gs2pose_ros.evaluate",
     "gs2pose_ros.commands.demo",
 )
 

@@ -1,0 +1,360 @@
+"""PoseTracker: one object's pose over an RGB-D stream (Pose-Net + GS-Refiner + a state machine).
+
+States (:class:`~gs2pose_ros.frame.TrackingState`):
+
+* ``INITIALIZING``: no pose yet. Every frame: coarse pose (Pose-Net) + full refinement; a result
+  with ``confidence >= accept_threshold`` starts ``TRACKING``.
+* ``TRACKING``: each frame warm-starts from the previous pose moved by a constant-velocity
+  prediction and runs the short refinement (``track_iterations``). A confidence below
+  ``valid_threshold`` marks the pose invalid for that frame and triggers an immediate re-detection
+  attempt (coarse + full refinement) in the same frame (kept when it scores better); after
+  ``lost_after`` consecutive low frames the state becomes ``LOST``.
+* ``LOST``: re-detects from scratch on every frame (no timer) until a confident pose is found,
+  then ``TRACKING`` again with a fresh motion model and a fresh appearance copy.
+
+``pose_valid`` is True only when the confidence of this frame's pose is at least
+``valid_threshold``; while the object is out of view the render covers no consistent depth, the
+confidence is ~0 and the state goes to ``LOST``.
+
+The coarse estimator is anything with ``estimate(frame, roi=None) -> obj`` where ``obj`` has
+``T_cam_obj`` (4x4, metres), ``confidence`` and optionally ``mask`` ([H, W] bool): Pose-Net's
+:class:`gs2pose_ros.posenet.coarse.CoarsePoseEstimator`, or a test double.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from gs2pose_ros.errors import ConfigError, InputError, ModelFileError
+from gs2pose_ros.frame import Frame, PoseEstimate, TrackingState
+from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
+from gs2pose_ros.refiner import AppearanceState, GSRefiner, RefinerConfig, RefineResult
+
+__all__ = ["TrackerConfig", "PoseTracker", "resolve_device", "load_object_model"]
+
+
+@dataclass
+class TrackerConfig:
+    """Tracker settings; ``refiner`` holds :class:`RefinerConfig` fields (a dict in files)."""
+
+    valid_threshold: float = 0.5  # pose_valid when confidence >= this
+    accept_threshold: float = 0.6  # a (re-)detection must reach this to start tracking
+    lost_after: int = 3  # consecutive low-confidence frames before LOST
+    velocity_damping: float = 0.8  # fraction of the last inter-frame motion predicted
+    redetect_on_low: bool = True  # try a re-detection in the same frame when confidence drops
+    adapt_min_confidence: float = 0.8  # adapt appearance only while this confident
+    num_threads: int = 0  # torch CPU threads (0 = leave torch's setting)
+    refiner: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> "TrackerConfig":
+        if not d:
+            return cls()
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown tracker settings {unknown}; known: {sorted(names)}")
+        cfg = cls(**d)
+        if not (0.0 <= cfg.valid_threshold <= 1.0 and 0.0 <= cfg.accept_threshold <= 1.0):
+            raise ConfigError("tracker thresholds must lie in [0, 1]")
+        if cfg.lost_after < 1:
+            raise ConfigError(f"tracker lost_after = {cfg.lost_after} must be >= 1")
+        return cfg
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device; use auto, cpu or cuda[:N]") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def load_object_model(model_path, device) -> tuple[GaussianModel, ObjectMetadata]:
+    """Gaussian ply + its metadata JSON (``<model>.json``); metadata derived from the ply if absent."""
+    from gs2pose_ros.gaussians import metadata_path, read_gaussian_ply, read_object_metadata
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: Gaussian model file not found; build one with gs2pose reconstruct")
+    model = read_gaussian_ply(path, device=device)
+    mp = metadata_path(path)
+    if mp.is_file():
+        meta = read_object_metadata(mp)
+    else:
+        meta = ObjectMetadata.from_model(model, path.stem, source=str(path))
+    if not meta.diameter > 0:
+        meta.diameter = ObjectMetadata.from_model(model, meta.name).diameter
+    return model, meta
+
+
+def _load_coarse(posenet_path, model: GaussianModel, metadata: ObjectMetadata, device):
+    """Pose-Net's coarse estimator for ``posenet_path`` (None -> no coarse stage)."""
+    if posenet_path is None:
+        return None
+    path = Path(posenet_path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: Pose-Net weights not found; train them with gs2pose train-posenet")
+    try:
+        from gs2pose_ros.posenet.coarse import CoarsePoseEstimator
+    except ImportError as exc:
+        raise ModelFileError(f"{path}: the Pose-Net coarse stage is not available in this build ({exc})") from exc
+    return CoarsePoseEstimator.from_file(path, model=model, device=device)
+
+
+class PoseTracker:
+    """Estimates and tracks one object's ``T_cam_obj`` (see the module docstring).
+
+    The API the ROS node uses: :meth:`from_files`, :meth:`track`, :meth:`estimate`, :meth:`reset`,
+    :meth:`render_overlay`, and the attributes ``object_name``, ``diameter``, ``bbox_min``,
+    ``bbox_max``, ``device``.
+    """
+
+    def __init__(self, model: GaussianModel, metadata: ObjectMetadata, coarse: Any = None,
+                 config: Optional[TrackerConfig] = None, device="auto"):
+        self.config = config if isinstance(config, TrackerConfig) else TrackerConfig.from_dict(config)
+        if self.config.num_threads > 0:
+            torch.set_num_threads(int(self.config.num_threads))
+        self.device = resolve_device(device) if not isinstance(device, torch.device) else device
+        self.model = model.detach().to(device=self.device)
+        self.metadata = metadata
+        self.refiner = GSRefiner(self.model, metadata, RefinerConfig.from_dict(self.config.refiner))
+        self.coarse = coarse
+        self.object_name = metadata.name
+        self.diameter = float(self.refiner.diameter)
+        self.bbox_min = np.asarray(self.refiner.bbox_min, dtype=np.float64)
+        self.bbox_max = np.asarray(self.refiner.bbox_max, dtype=np.float64)
+        self.appearance = AppearanceState(self.model)
+        self.reset()
+
+    @classmethod
+    def from_files(cls, model_path, posenet_path, config=None, device="auto") -> "PoseTracker":
+        """Loads the Gaussian model (+ metadata JSON) and Pose-Net weights.
+
+        config: None, a :class:`TrackerConfig`, a dict, or a path to a JSON/YAML file with the
+        tracker settings (``refiner:`` nested).
+        """
+        dev = resolve_device(device)
+        if isinstance(config, (str, Path)):
+            config = _read_config_file(Path(config))
+        model, meta = load_object_model(model_path, dev)
+        coarse = _load_coarse(posenet_path, model, meta, dev)
+        return cls(model, meta, coarse=coarse, config=config, device=dev)
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the track: back to INITIALIZING, appearance copy and exposure restored."""
+        self.state = TrackingState.INITIALIZING
+        self._T_prev: Optional[np.ndarray] = None
+        self._T_prev2: Optional[np.ndarray] = None
+        self._low = 0
+        self._seeded = False
+        self.appearance.reset()
+        self.last_result: Optional[RefineResult] = None
+        self.frames_seen = 0
+
+    # -- stages ------------------------------------------------------------------------------------
+
+    def _detect(self, frame: Frame, stages: dict) -> tuple[Optional[RefineResult], int]:
+        """Coarse pose + full refinement on a fresh appearance copy; (result, iterations)."""
+        if self.coarse is None:
+            raise ConfigError("PoseTracker: no coarse estimator (Pose-Net weights) was given, so the "
+                              "object cannot be detected; pass posenet_path or seed() a pose")
+        t0 = time.perf_counter()
+        c = self.coarse.estimate(frame)
+        stages["posenet"] = stages.get("posenet", 0.0) + time.perf_counter() - t0
+        if c is None or getattr(c, "T_cam_obj", None) is None:
+            return None, 0
+        T_c = np.asarray(c.T_cam_obj, dtype=np.float64)
+        if not np.all(np.isfinite(T_c)):
+            return None, 0
+        mask = getattr(c, "mask", None)
+        app = AppearanceState(self.model)
+        t0 = time.perf_counter()
+        r = self.refiner.refine(frame, T_c, appearance=app, mask=mask, adapt=False)
+        stages["refine"] = stages.get("refine", 0.0) + time.perf_counter() - t0
+        r.diagnostics["coarse_confidence"] = float(getattr(c, "confidence", float("nan")))
+        r._appearance = app  # type: ignore[attr-defined]
+        return r, r.iterations
+
+    def _predict(self) -> np.ndarray:
+        T1 = self._T_prev
+        if self._T_prev2 is None or self.config.velocity_damping <= 0:
+            return T1.copy()
+        T2 = self._T_prev2
+        # motion in the "centred" parametrisation: R <- dR R, t <- t + dt
+        dR = T1[:3, :3] @ T2[:3, :3].T
+        dt = T1[:3, 3] - T2[:3, 3]
+        k = self.config.velocity_damping
+        w = cv2.Rodrigues(dR)[0][:, 0] * k
+        T = np.eye(4)
+        T[:3, :3] = cv2.Rodrigues(w)[0] @ T1[:3, :3]
+        T[:3, 3] = T1[:3, 3] + k * dt
+        return T
+
+    def _accept(self, r: RefineResult, new_track: bool) -> None:
+        if new_track:
+            app = getattr(r, "_appearance", None)
+            if app is not None:
+                self.appearance = app
+            self._T_prev2 = None
+        else:
+            self._T_prev2 = self._T_prev
+        self._T_prev = r.T_cam_obj.copy()
+        self._low = 0
+        self.state = TrackingState.TRACKING
+
+    def _check_frame(self, frame: Frame) -> Frame:
+        if not isinstance(frame, Frame):
+            raise InputError(f"PoseTracker: expected a gs2pose_ros.frame.Frame, got {type(frame).__name__}")
+        return frame
+
+    def seed(self, T_cam_obj) -> None:
+        """Start tracking from a known pose (no coarse stage): the next :meth:`track` refines it."""
+        self.reset()
+        self._T_prev = np.asarray(T_cam_obj, dtype=np.float64).copy()
+        self._seeded = True
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def track(self, frame: Frame) -> PoseEstimate:
+        """One tracking step (see the module docstring); updates the state."""
+        frame = self._check_frame(frame)
+        t_start = time.perf_counter()
+        stages: dict = {}
+        iters = 0
+        cfg = self.config
+        self.frames_seen += 1
+        seeded = getattr(self, "_seeded", False)
+        result: Optional[RefineResult] = None
+        if self.state == TrackingState.TRACKING or seeded:
+            T_pred = self._predict()
+            app = self.appearance
+            adapt = (not seeded) and self.last_result is not None and \
+                self.last_result.confidence >= cfg.adapt_min_confidence
+            t0 = time.perf_counter()
+            result = self.refiner.refine(frame, T_pred, tracking=not seeded, appearance=app, adapt=adapt)
+            stages["refine"] = time.perf_counter() - t0
+            iters += result.iterations
+            self._seeded = False
+            if result.confidence >= cfg.valid_threshold:
+                self._accept(result, new_track=seeded)
+            else:
+                self._low += 1
+                accepted = False
+                if cfg.redetect_on_low and self.coarse is not None:
+                    r2, it2 = self._detect(frame, stages)
+                    iters += it2
+                    if r2 is not None and r2.confidence >= cfg.accept_threshold and r2.confidence > result.confidence:
+                        result = r2
+                        self._accept(r2, new_track=True)
+                        accepted = True
+                if not accepted:
+                    if seeded:
+                        self.state = TrackingState.INITIALIZING
+                    elif self._low >= cfg.lost_after:
+                        self.state = TrackingState.LOST
+        else:  # INITIALIZING or LOST: detect from scratch
+            if self.coarse is not None:
+                result, iters = self._detect(frame, stages)
+                if result is not None and result.confidence >= cfg.accept_threshold:
+                    self._accept(result, new_track=True)
+        self.last_result = result
+        latency = time.perf_counter() - t_start
+        if result is None:
+            return PoseEstimate(np.eye(4), 0.0, self.state, False, iters, latency, stages)
+        valid = self.state == TrackingState.TRACKING and self._low == 0 and \
+            result.confidence >= cfg.valid_threshold
+        return PoseEstimate(result.T_cam_obj.copy(), float(result.confidence), self.state, bool(valid),
+                            iters, latency, stages)
+
+    def estimate(self, frame: Frame) -> PoseEstimate:
+        """Single-frame estimate (coarse + full refinement), independent of the track state.
+
+        The returned state is TRACKING when the pose is valid, else INITIALIZING; the tracker's own
+        state is unchanged.
+        """
+        frame = self._check_frame(frame)
+        t_start = time.perf_counter()
+        stages: dict = {}
+        r, iters = self._detect(frame, stages)
+        latency = time.perf_counter() - t_start
+        if r is None:
+            return PoseEstimate(np.eye(4), 0.0, TrackingState.INITIALIZING, False, iters, latency, stages)
+        valid = r.confidence >= self.config.valid_threshold
+        return PoseEstimate(r.T_cam_obj.copy(), float(r.confidence),
+                            TrackingState.TRACKING if valid else TrackingState.INITIALIZING, bool(valid),
+                            iters, latency, stages)
+
+    def render_overlay(self, frame: Frame, estimate: PoseEstimate, max_side: int = 256) -> np.ndarray:
+        """The frame with the model rendered at ``estimate`` (tinted green when valid, red when not)
+        and the projected 3D bounding box; uint8 [H, W, 3]."""
+        from gs2pose_ros.camera import PinholeCamera
+        from gs2pose_ros.render import render
+
+        img = frame.rgb.copy()
+        T = np.asarray(estimate.T_cam_obj, dtype=np.float64)
+        colour = np.array([40, 220, 60] if estimate.pose_valid else [230, 50, 40], dtype=np.float64)
+        box = self.refiner.crop_for(frame, T)
+        if box is not None and estimate.confidence > 0:
+            x0, y0, w, h = box
+            S = int(min(max_side, max(16, round(w))))
+            cam = PinholeCamera.from_K(frame.K, frame.width, frame.height).crop(x0, y0, w, h, S, S)
+            with torch.no_grad():
+                out = render(self.appearance.model, torch.as_tensor(T, dtype=self.model.dtype),
+                             torch.as_tensor(cam.K, dtype=self.model.dtype), S, S)
+            col = out.color.clamp(0, 1).cpu().numpy()
+            alpha = out.alpha.clamp(0, 1).cpu().numpy()
+            # back to image pixels: the inverse crop warp
+            s = S / w
+            M = np.array([[s, 0, s * (0.5 - x0) - 0.5], [0, s, s * (0.5 - y0) - 0.5]])
+            Minv = cv2.invertAffineTransform(M)
+            col_f = cv2.warpAffine(col.astype(np.float32), Minv, (frame.width, frame.height), flags=cv2.INTER_LINEAR)
+            a_f = cv2.warpAffine(alpha.astype(np.float32), Minv, (frame.width, frame.height), flags=cv2.INTER_LINEAR)
+            tinted = 0.6 * col_f * 255 + 0.4 * colour
+            a3 = (0.75 * a_f)[..., None]
+            img = (img * (1 - a3) + tinted * a3).clip(0, 255).astype(np.uint8)
+        c = self.refiner.corners @ T[:3, :3].T + T[:3, 3]
+        if np.all(c[:, 2] > 0.01):
+            uv = c[:, :2] / c[:, 2:3] * np.array([frame.K[0, 0], frame.K[1, 1]]) + frame.K[:2, 2] - 0.5
+            pts = np.round(uv * 16).astype(np.int64)
+            for i in range(8):
+                for j in range(i + 1, 8):
+                    if bin(i ^ j).count("1") == 1:
+                        cv2.line(img, tuple(int(v) for v in pts[i]), tuple(int(v) for v in pts[j]),
+                                 tuple(int(v) for v in colour), 1, cv2.LINE_AA, shift=4)
+        label = f"{self.object_name} {estimate.state.name} conf {estimate.confidence:.2f}"
+        cv2.putText(img, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, tuple(int(v) for v in colour), 1, cv2.LINE_AA)
+        return img
+
+
+def _read_config_file(path: Path) -> dict:
+    import json
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: tracker config file not found")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ConfigError(f"{path}: reading YAML needs PyYAML; use a JSON config instead") from exc
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of tracker settings")
+    return data

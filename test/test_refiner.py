@@ -1,0 +1,83 @@
+"""GS-Refiner: convergence from perturbed poses, confidence of right vs wrong poses."""
+
+import numpy as np
+import pytest
+import torch
+
+from gs2pose_ros.metrics import PoseErrorEvaluator
+from gs2pose_ros.refiner import GSRefiner, RefinerConfig, apply_twist, combine_confidence
+from gs2pose_ros.lie import se3_exp
+
+from tracking_data import make_sequence, perturb
+
+
+@pytest.fixture(scope="module")
+def box_seq():
+    torch.manual_seed(0)
+    return make_sequence("printed_box", 2, seed=11, width=320, height=240, occlusion=True,
+                         light_change=True, n_gaussians=3000)
+
+
+def _evaluator(seq):
+    return PoseErrorEvaluator(seq.points, seq.meta.diameter, seq.meta.symmetric)
+
+
+def test_apply_twist_centered_rotates_about_object_origin():
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, 3] = torch.tensor([0.1, -0.05, 0.6], dtype=torch.float64)
+    xi = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.3, 0.0], dtype=torch.float64)
+    Tn = apply_twist(T, xi)
+    assert torch.allclose(Tn[:3, 3], T[:3, 3])  # pure rotation keeps the origin in place
+    assert torch.allclose(Tn[:3, :3], se3_exp(xi)[:3, :3])
+    Ta = apply_twist(T, xi, "alternate", 0)
+    assert torch.allclose(Ta, se3_exp(xi) @ T)
+
+
+def test_refiner_converges_from_15deg_3cm(box_seq):
+    ev = _evaluator(box_seq)
+    ref = GSRefiner(box_seq.model, box_seq.meta, RefinerConfig(iterations=15, crop_size=64))
+    rng = np.random.default_rng(3)
+    for i in range(1):
+        T = box_seq.poses[i]
+        ax = rng.normal(size=3)
+        ax /= np.linalg.norm(ax)
+        d = rng.normal(size=3)
+        d /= np.linalg.norm(d)
+        T0 = perturb(T, ax * np.radians(15), d * 0.03)
+        r = ref.refine(box_seq.frames[i], T0)
+        e = ev.evaluate(r.T_cam_obj[:3, :3], r.T_cam_obj[:3, 3], T[:3, :3], T[:3, 3])
+        assert e.correct, (e.re, e.te)
+        assert e.re < 3.0 and e.te < 0.01, (e.re, e.te)
+        assert r.confidence > 0.6
+        assert len(r.losses) == r.iterations and {"l1", "ssim", "depth", "silhouette"} <= set(r.terms)
+
+
+def test_confidence_right_high_wrong_low(box_seq):
+    ref = GSRefiner(box_seq.model, box_seq.meta)
+    f, T = box_seq.frames[1], box_seq.poses[1]
+    right = ref.score(f, T).confidence
+    wrong = [
+        ref.score(f, perturb(T, [0.0, 0.0, 0.0], [0.09, 0.0, 0.0])).confidence,  # beside it
+        ref.score(f, perturb(T, [1.2, 0.0, 0.0], [0.0, 0.0, 0.0])).confidence,  # 70 deg off
+        ref.score(f, perturb(T, [0.0, 0.0, 0.0], [0.0, 0.0, 0.25])).confidence,  # behind
+        ref.score(f, perturb(T, [0.0, 0.0, 0.0], [0.0, 0.02, 0.0])).confidence,  # 2 cm off (> 0.1 d)
+    ]
+    assert right > 0.8, right
+    assert max(wrong) < 0.3, wrong
+
+
+def test_out_of_view_pose_has_zero_confidence(box_seq):
+    ref = GSRefiner(box_seq.model, box_seq.meta)
+    T = box_seq.poses[0].copy()
+    T[0, 3] += 2.0
+    r = ref.refine(box_seq.frames[0], T)
+    assert r.confidence == 0.0 and r.iterations == 0
+
+
+def test_combine_confidence_bounds():
+    good = {"rendered_pixels": 500, "depth_pixels": 500, "depth_inlier_ratio": 0.95, "silhouette_iou": 0.9,
+            "ncc": 0.8, "visible_fraction": 1.0}
+    bad = dict(good, depth_inlier_ratio=0.2, silhouette_iou=0.3, ncc=0.05)
+    assert 0.9 < combine_confidence(good, True) <= 1.0
+    assert 0.0 <= combine_confidence(bad, True) < 0.1
+    assert combine_confidence({"rendered_pixels": 0}, True) == 0.0

@@ -1,0 +1,141 @@
+"""PoseTracker: tracking accuracy, LOST / recovery, the loaded model file never changes, eval CSV."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from gs2pose_ros.frame import PoseEstimate, TrackingState
+from gs2pose_ros.gaussians import write_gaussian_ply
+from gs2pose_ros.metrics import PoseErrorEvaluator
+from gs2pose_ros.tracker import PoseTracker, TrackerConfig
+
+from tracking_data import OracleCoarse, make_sequence
+
+FAST = {"refiner": {"iterations": 15, "crop_size": 64, "track_crop_size": 56, "track_iterations": 2}}
+
+
+@pytest.fixture(scope="module")
+def seq_leave():
+    # frames 0-2 visible, 3-5 out of view, 6-9 visible again
+    return make_sequence("printed_box", 10, seed=21, width=320, height=240, occlusion=True,
+                         light_change=True, leave_view=(3, 3), n_gaussians=3000)
+
+
+def _err(seq, i, est):
+    ev = PoseErrorEvaluator(seq.points, seq.meta.diameter, seq.meta.symmetric)
+    T = seq.poses[i]
+    return ev.evaluate(est.T_cam_obj[:3, :3], est.T_cam_obj[:3, 3], T[:3, :3], T[:3, 3])
+
+
+@pytest.mark.slow  # every lost frame runs a full re-detection: ~5 min wall on the shared 2-core CPU
+def test_tracker_lost_while_out_of_view_and_recovers(seq_leave):
+    coarse = OracleCoarse(seq_leave, seed=1)
+    tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=coarse, config=FAST, device="cpu")
+    assert tr.state == TrackingState.INITIALIZING
+    out = []
+    for i, f in enumerate(seq_leave.frames):
+        est = tr.track(f)
+        assert isinstance(est, PoseEstimate) and 0.0 <= est.confidence <= 1.0
+        out.append(est)
+        if seq_leave.visible[i]:
+            continue
+        assert not est.pose_valid, f"confident pose at out-of-view frame {i}"
+    # before leaving: tracked within 0.1 d
+    for i in range(3):
+        assert out[i].state == TrackingState.TRACKING and out[i].pose_valid
+        assert _err(seq_leave, i, out[i]).correct
+    assert out[5].state == TrackingState.LOST  # 3 low frames -> LOST
+    # back in view at frame 6: tracking again within 5 frames, and correct from then on
+    back = next(i for i in range(6, 10) if out[i].state == TrackingState.TRACKING and out[i].pose_valid)
+    assert back - 6 < 5
+    for i in range(back, 10):
+        assert out[i].pose_valid and _err(seq_leave, i, out[i]).correct, i
+
+
+def test_appearance_adaptation_never_touches_model_file(tmp_path, seq_leave):
+    path = write_gaussian_ply(seq_leave.model, tmp_path / "obj.ply", seq_leave.meta)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta_digest = hashlib.sha256(path.with_suffix(".json").read_bytes()).hexdigest()
+    tr = PoseTracker.from_files(path, None, config=dict(FAST, adapt_min_confidence=0.0), device="cpu")
+    loaded = {k: v.clone() for k, v in tr.model.tensors().items()}
+    assert tr.object_name == seq_leave.meta.name and tr.diameter > 0 and tr.device.type == "cpu"
+    assert np.all(tr.bbox_max > tr.bbox_min)
+    tr.coarse = OracleCoarse(seq_leave, seed=2)
+    for f in seq_leave.frames[:2]:
+        tr.track(f)
+    assert tr.appearance.adapted_steps > 0  # the per-track copy did adapt
+    adapted = tr.appearance.model
+    assert not torch.equal(adapted.sh, loaded["sh"])
+    assert torch.equal(adapted.means, loaded["means"]) and torch.equal(adapted.log_scales, loaded["log_scales"])
+    for k, v in tr.model.tensors().items():
+        assert torch.equal(v, loaded[k]), k
+    tr.reset()
+    assert torch.equal(tr.appearance.model.sh, loaded["sh"])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert hashlib.sha256(path.with_suffix(".json").read_bytes()).hexdigest() == meta_digest
+
+
+def test_render_overlay_and_estimate(seq_leave):
+    tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=OracleCoarse(seq_leave, seed=3), config=FAST,
+                     device="cpu")
+    f = seq_leave.frames[0]
+    est = tr.estimate(f)
+    assert est.pose_valid and _err(seq_leave, 0, est).correct
+    assert tr.state == TrackingState.INITIALIZING  # estimate() leaves the track alone
+    img = tr.render_overlay(f, est)
+    assert img.shape == f.rgb.shape and img.dtype == np.uint8
+    assert np.abs(img.astype(int) - f.rgb.astype(int)).sum() > 0
+
+
+def test_config_rejects_unknown_keys():
+    from gs2pose_ros.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        TrackerConfig.from_dict({"no_such_setting": 1})
+
+
+@pytest.mark.slow
+def test_tracking_sequence_stays_within_01d():
+    seq = make_sequence("mug", 15, seed=4, width=320, height=240, occlusion=True, light_change=True,
+                        n_gaussians=4000)
+    tr = PoseTracker(seq.model, seq.meta, coarse=OracleCoarse(seq, seed=4), device="cpu")
+    for i, f in enumerate(seq.frames):
+        est = tr.track(f)
+        assert est.pose_valid and _err(seq, i, est).correct, i
+
+
+def test_eval_writes_valid_bop_csv(tmp_path):
+    from gs2pose_ros.bop import BopSceneWriter, ModelInfo, write_model_ply, write_models_info
+    from gs2pose_ros.evaluate import read_bop_csv, run_evaluation
+    from gs2pose_ros.synth.objects import make_object
+
+    seq = make_sequence("printed_box", 2, seed=5, width=320, height=240, n_gaussians=3000)
+    root = tmp_path / "ds"
+    obj = make_object("printed_box")
+    write_model_ply(root / "models", 1, obj.to_trimesh())
+    lo, hi = obj.vertices.min(0), obj.vertices.max(0)
+    write_models_info(root / "models", [ModelInfo(1, seq.meta.diameter, lo, hi - lo)])
+    with BopSceneWriter(root / "test" / "000000") as w:
+        for i, f in enumerate(seq.frames):
+            w.add_frame(i, f.rgb, f.K, [(1, seq.poses[i])], depth=f.depth)
+    write_gaussian_ply(seq.model, tmp_path / "model.ply", seq.meta)
+    report = run_evaluation(str(root), "1", str(tmp_path / "model.ply"), None, "track",
+                            str(tmp_path / "out" / "report.json"), init="gt-perturbed", overlays=1,
+                            config=FAST)
+    s = report["summary"]
+    assert s["frames"] == 2 and s["add_s_0.1d"] == 1.0
+    csv_path = tmp_path / "out" / "report_bop.csv"
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "scene_id,im_id,obj_id,score,R,t,time"
+    rows = read_bop_csv(csv_path)
+    assert [r["im_id"] for r in rows] == [0, 1]
+    for r in rows:
+        assert r["scene_id"] == 0 and r["obj_id"] == 1 and 0 <= r["score"] <= 1 and r["time"] > 0
+        assert np.allclose(r["R"] @ r["R"].T, np.eye(3), atol=1e-6)
+        assert np.linalg.norm(r["t"] - seq.poses[r["im_id"]][:3, 3]) < 0.02  # t written in mm, read back in m
+        assert len(lines[1].split(",")[4].split()) == 9 and len(lines[1].split(",")[5].split()) == 3
+    for suffix in ("report.md", "report_plots.png"):
+        assert (tmp_path / "out" / suffix).is_file()
+    assert list((tmp_path / "out").glob("report_overlay_*.png"))
