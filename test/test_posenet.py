@@ -1,0 +1,332 @@
+"""Pose-Net: network shapes, weight files, the coarse-pose geometry, a tiny training run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gs2pose_ros.errors import ModelFileError
+from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
+from gs2pose_ros.posenet.coarse import (CoarsePoseEstimator, decode_nocs, kabsch, letterbox, pnp_ransac,
+                                        ransac_kabsch)
+from gs2pose_ros.posenet.io import load_posenet, save_posenet, sidecar_path
+from gs2pose_ros.posenet.network import PoseNet, PoseNetConfig
+from gs2pose_ros.posenet.train import canonical_pose, random_rotation
+
+TINY = PoseNetConfig(input_size=32, widths=(8, 8, 16, 16), blocks=(1, 1, 1, 1), aspp_channels=8,
+                     context_channels=8, decoder_widths=(16, 8, 8, 8), groups=4)
+
+
+def _meta(**kw) -> ObjectMetadata:
+    return ObjectMetadata(name="box", obj_id=1, bbox_min=[-0.05, -0.04, -0.03], bbox_max=[0.05, 0.04, 0.03],
+                          diameter=float(np.linalg.norm([0.1, 0.08, 0.06])), **kw)
+
+
+def _box_model(n: int = 1500, seed: int = 0) -> GaussianModel:
+    """Gaussians on the surface of the _meta() box, each face its own colour pattern."""
+    rng = np.random.default_rng(seed)
+    lo, hi = np.array([-0.05, -0.04, -0.03]), np.array([0.05, 0.04, 0.03])
+    pts = rng.uniform(lo, hi, size=(n, 3))
+    axis = rng.integers(3, size=n)
+    side = rng.integers(2, size=n)
+    pts[np.arange(n), axis] = np.where(side == 1, hi[axis], lo[axis])
+    base = np.array([[0.9, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.3, 0.9], [0.9, 0.9, 0.2], [0.8, 0.3, 0.8],
+                     [0.2, 0.8, 0.8]])
+    col = base[axis * 2 + side] * (0.7 + 0.3 * (np.sin(40 * pts[:, :1]) > 0))
+    return GaussianModel.from_points(torch.tensor(pts, dtype=torch.float32), torch.tensor(col, dtype=torch.float32),
+                                     scale=0.004, opacity=0.95)
+
+
+def _rot(rng) -> np.ndarray:
+    return random_rotation(rng)
+
+
+# -- network --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg", [PoseNetConfig.cpu(), PoseNetConfig.gpu()], ids=["cpu", "gpu"])
+def test_network_shapes(cfg):
+    net = PoseNet(cfg).eval()
+    S = cfg.input_size
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, S, S))
+    assert out["nocs"].shape == (1, 3, S, S)
+    assert out["mask_logits"].shape == (1, 1, S, S)
+    assert out["conf_logits"].shape == (1, 1, S, S)
+    assert 0 <= float(out["nocs"].min()) and float(out["nocs"].max()) <= 1
+
+
+def test_network_gradient_step_changes_output():
+    torch.manual_seed(0)
+    net = PoseNet(PoseNetConfig.cpu())
+    x = torch.rand(1, 3, 128, 128)
+    target = torch.rand(1, 3, 128, 128)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(2):
+        out = net(x)
+        loss = (out["nocs"] - target).abs().mean() + out["mask_logits"].mean().abs() + out["conf_logits"].mean().abs()
+        opt.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in net.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+def test_network_rejects_bad_input():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        PoseNet(TINY)(torch.rand(1, 3, 30, 30))
+
+
+# -- weight files ---------------------------------------------------------------------------------
+
+
+def test_safetensors_round_trip(tmp_path):
+    torch.manual_seed(1)
+    net = PoseNet(TINY).eval()
+    meta = _meta()
+    path = save_posenet(net, meta, tmp_path / "pn.safetensors", training={"iterations": 3})
+    side = json.loads(sidecar_path(path).read_text())
+    assert side["format"] == "gs2pose-posenet" and side["config"]["input_size"] == 32
+    net2, meta2, side2 = load_posenet(path)
+    assert meta2.bbox_max == meta.bbox_max and meta2.diameter == pytest.approx(meta.diameter)
+    assert side2["training"]["iterations"] == 3
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x)["nocs"], net2(x)["nocs"])
+    # the weights file holds no pickled code: it starts with safetensors' 8-byte header length
+    head = path.read_bytes()[:9]
+    assert head[8:9] == b"{"
+
+
+def test_corrupt_and_mismatched_files_raise_model_file_error(tmp_path):
+    net = PoseNet(TINY)
+    path = save_posenet(net, _meta(), tmp_path / "pn.safetensors")
+    # missing sidecar
+    side = sidecar_path(path)
+    text = side.read_text()
+    side.unlink()
+    with pytest.raises(ModelFileError, match="sidecar"):
+        load_posenet(path)
+    side.write_text(text)
+    # truncated weights (checksum off)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="pn.safetensors"):
+        load_posenet(path)
+    # truncated weights, checksum not checked: safetensors itself refuses
+    with pytest.raises(ModelFileError, match="safetensors"):
+        load_posenet(path, check_sha=False)
+    # weights of another configuration
+    other = save_posenet(PoseNet(PoseNetConfig(input_size=32, widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1),
+                                               aspp_channels=8, context_channels=8, decoder_widths=(16, 8, 8, 8),
+                                               groups=4)), _meta(), tmp_path / "other.safetensors")
+    path.write_bytes(other.read_bytes())
+    with pytest.raises(ModelFileError, match="shape|do not match"):
+        load_posenet(path, check_sha=False)
+    # a sidecar that is not ours
+    side.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ModelFileError, match="not a Pose-Net sidecar"):
+        load_posenet(path)
+    side.write_text("{not json")
+    with pytest.raises(ModelFileError, match="JSON"):
+        load_posenet(path)
+    with pytest.raises(ModelFileError, match="not found"):
+        load_posenet(tmp_path / "nope.safetensors")
+
+
+# -- geometry -------------------------------------------------------------------------------------
+
+
+def test_decode_nocs_uses_the_box():
+    meta = _meta()
+    pts = decode_nocs(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.5, 0.5]]), meta)
+    np.testing.assert_allclose(pts[0], meta.bbox_min)
+    np.testing.assert_allclose(pts[1], meta.bbox_max)
+    np.testing.assert_allclose(pts[2], 0.0, atol=1e-12)
+
+
+def test_kabsch_exact_and_ransac_with_outliers():
+    rng = np.random.default_rng(3)
+    R = _rot(rng)
+    t = np.array([0.05, -0.02, 0.6])
+    P = rng.uniform(-0.05, 0.05, size=(400, 3))
+    Q = P @ R.T + t
+    R1, t1 = kabsch(P, Q)
+    np.testing.assert_allclose(R1, R, atol=1e-9)
+    np.testing.assert_allclose(t1, t, atol=1e-9)
+    # 40 % gross outliers + 1 mm noise
+    Qn = Q + rng.normal(0, 0.001, Q.shape)
+    bad = rng.random(len(P)) < 0.4
+    Qn[bad] = rng.uniform(-0.1, 0.1, size=(int(bad.sum()), 3)) + t
+    R2, t2, inl = ransac_kabsch(P, Qn, threshold=0.005, iterations=200, rng=rng)
+    ang = math.degrees(math.acos(np.clip((np.trace(R2.T @ R) - 1) / 2, -1, 1)))
+    assert ang < 1.0 and np.linalg.norm(t2 - t) < 0.002
+    assert inl[~bad].mean() > 0.95 and inl[bad].mean() < 0.1
+    assert np.linalg.det(R2) == pytest.approx(1.0)
+
+
+def test_pnp_recovers_pose_from_synthetic_correspondences():
+    rng = np.random.default_rng(4)
+    K = np.array([[600.0, 0, 64], [0, 600, 64], [0, 0, 1]])
+    R = _rot(rng)
+    t = np.array([0.01, 0.02, 0.7])
+    P = rng.uniform(-0.05, 0.05, size=(300, 3))
+    pc = P @ R.T + t
+    uv = np.stack([600 * pc[:, 0] / pc[:, 2] + 64, 600 * pc[:, 1] / pc[:, 2] + 64], -1) + rng.normal(0, 0.3, (300, 2))
+    bad = rng.random(300) < 0.3
+    uv[bad] = rng.uniform(0, 128, size=(int(bad.sum()), 2))
+    R2, t2, inl = pnp_ransac(P, uv, K, reproj_px=2.0)
+    ang = math.degrees(math.acos(np.clip((np.trace(R2.T @ R) - 1) / 2, -1, 1)))
+    assert ang < 2.0 and np.linalg.norm(t2 - t) < 0.01
+    assert inl[~bad].mean() > 0.9
+
+
+def _prediction_from_pose(meta, T, K, S=64):
+    """A perfect 'network output' for the _meta() box at pose T, by casting rays at the box (slab test)."""
+    lo, hi = np.asarray(meta.bbox_min), np.asarray(meta.bbox_max)
+    v, u = np.mgrid[0:S, 0:S] + 0.5
+    d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
+    R, t = T[:3, :3], T[:3, 3]
+    o = -R.T @ t  # camera centre in the object frame
+    d = d_cam @ R  # R^T d per row
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1, t2 = (lo - o) / d, (hi - o) / d
+    tn = np.nanmax(np.minimum(t1, t2), axis=1)
+    tf = np.nanmin(np.maximum(t1, t2), axis=1)
+    hit = (tn <= tf) & (tn > 0)
+    pts = o + tn[:, None] * d
+    nocs = np.where(hit[:, None], (pts - lo) / (hi - lo), 0.0).reshape(S, S, 3)
+    depth = np.where(hit, tn, 0.0).reshape(S, S).astype(np.float32)  # d_cam has z = 1: t is the depth
+    mask = hit.reshape(S, S).astype(np.float64)
+    return {"nocs": np.clip(nocs, 0, 1), "mask": mask, "conf": np.ones_like(mask)}, depth, _box_model()
+
+
+def _estimator(meta, model=None):
+    return CoarsePoseEstimator(PoseNet(TINY), meta, model, ransac_iterations=200)
+
+
+def test_pose_from_a_correct_prediction_with_and_without_depth():
+    meta = _meta()
+    rng = np.random.default_rng(5)
+    T = np.eye(4)
+    T[:3, :3] = _rot(rng)
+    T[:3, 3] = [0.0, 0.0, 0.45]
+    K = np.array([[200.0, 0, 32], [0, 200, 32], [0, 0, 1]])
+    pred, depth, model = _prediction_from_pose(meta, T, K)
+    est = _estimator(meta, model)
+    for d in (depth, None):
+        pose = est.pose_from_prediction(pred, K, d)
+        assert pose.T_cam_obj is not None
+        ang = math.degrees(math.acos(np.clip((np.trace(pose.T_cam_obj[:3, :3].T @ T[:3, :3]) - 1) / 2, -1, 1)))
+        te = np.linalg.norm(pose.T_cam_obj[:3, 3] - T[:3, 3])
+        assert ang < 2 and te < 0.02 * meta.diameter, (pose.method, ang, te)
+        assert pose.method == ("kabsch" if d is not None else "pnp")
+        assert pose.confidence > 0.6
+
+
+def test_confidence_of_wrong_correspondences_is_low():
+    meta = _meta()
+    rng = np.random.default_rng(6)
+    T = np.eye(4)
+    T[:3, :3] = _rot(rng)
+    T[:3, 3] = [0.0, 0.0, 0.45]
+    K = np.array([[200.0, 0, 32], [0, 200, 32], [0, 0, 1]])
+    pred, depth, model = _prediction_from_pose(meta, T, K)
+    wrong = dict(pred)
+    wrong["nocs"] = rng.random(pred["nocs"].shape)  # NOCS that correspond to nothing
+    est = _estimator(meta, model)
+    good = est.pose_from_prediction(pred, K, depth).confidence
+    for d in (depth, None):
+        bad = est.pose_from_prediction(wrong, K, d)
+        assert bad.confidence < 0.3 and bad.confidence < 0.5 * good, (bad.confidence, good)
+
+
+def test_letterbox_scale():
+    img, s = letterbox(np.zeros((48, 64, 3), np.uint8), 32)
+    assert img.shape == (32, 32, 3) and s == pytest.approx(0.5)
+
+
+def test_canonical_pose_for_continuous_symmetry_makes_equal_views_equal():
+    meta = _meta(symmetric=True, symmetries_continuous=[{"axis": [0.0, 0.0, 1.0], "offset": [0.0, 0.0, 0.0]}])
+    rng = np.random.default_rng(7)
+    T = np.eye(4)
+    T[:3, :3] = _rot(rng)
+    T[:3, 3] = [0.02, -0.01, 0.5]
+    S = np.eye(4)
+    a = 1.234
+    S[:3, :3] = [[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]]
+    c1, c2 = canonical_pose(T, meta), canonical_pose(T @ S, meta)
+    np.testing.assert_allclose(c1, c2, atol=1e-9)
+    # still the same object placement: the axis and the origin are where they were
+    np.testing.assert_allclose(c1[:3, 2], T[:3, 2], atol=1e-9)
+    np.testing.assert_allclose(c1[:3, 3], T[:3, 3], atol=1e-9)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def test_tiny_training_run_decreases_the_loss(tmp_path):
+    from gs2pose_ros.posenet.train import TrainConfig, train_posenet
+
+    torch.set_num_threads(1)
+    meta = _meta()
+    cfg = TrainConfig(iterations=40, batch=6, lr=3e-3, pool_size=6, refresh_per_iter=0.0, val_size=6,
+                      log_every=10, network=PoseNetConfig(input_size=48, widths=(8, 16, 16, 16),
+                                                          blocks=(1, 1, 1, 1), aspp_channels=8, context_channels=8,
+                                                          decoder_widths=(16, 16, 8, 8), groups=4),
+                      context_fraction=0.0, occluder_prob=0.0, seed=0)
+    net, hist = train_posenet(_box_model(800), meta, cfg, out_path=tmp_path / "pn.safetensors", progress=False)
+    first, last = hist["val"][0], hist["final_val"]
+    assert last["total"] < 0.9 * first["total"], (first, last)
+    assert last["mask"] < first["mask"]
+    assert (tmp_path / "pn.json").is_file() and (tmp_path / "pn_loss.png").is_file()
+    assert (tmp_path / "pn_samples.png").is_file()
+    net2, meta2, _ = load_posenet(tmp_path / "pn.safetensors")
+    assert meta2.name == "box"
+
+
+def test_full_frame_estimate_runs_and_reports_low_confidence_when_untrained():
+    """The whole path (letterbox pass, crops, pose, frame mask) on a frame, with an untrained network."""
+    from gs2pose_ros.frame import Frame
+
+    torch.manual_seed(0)
+    meta = _meta()
+    net = PoseNet(TINY).eval()
+    with torch.no_grad():  # make the untrained mask head say "object" everywhere, so every stage runs
+        net.head_mask.bias.fill_(5.0)
+    est = CoarsePoseEstimator(net, meta, None, ransac_iterations=50)
+    rng = np.random.default_rng(0)
+    frame = Frame.validated(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8),
+                            [[80.0, 0, 40], [0, 80, 30], [0, 0, 1]],
+                            np.full((60, 80), 0.5, np.float32))
+    pose = est.estimate(frame)
+    assert pose.roi is not None and pose.mask is not None and pose.mask.shape == (60, 80)
+    assert 0.0 <= pose.confidence <= 1.0
+    roi_pose = est.estimate(frame, roi=(10, 10, 30, 30))
+    assert roi_pose.roi is not None and "locate" not in roi_pose.stages
+    # the crop's mask lands on the crop's box in the frame
+    m = est._frame_mask(frame, (20.0, 10.0, 40.0, 40.0), np.ones((32, 32), bool))
+    ys, xs = np.nonzero(m)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (20, 59, 10, 49)
+
+
+def test_cli_registers_the_subcommands():
+    import argparse
+
+    from gs2pose_ros.posenet import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-posenet", "--model", "m.ply", "--out", "p.safetensors", "--iterations", "5",
+                              "--snapshot-minutes", "1,2"])
+    assert args.func is cli.run_train and args.iterations == 5
+    assert cli._minutes(args.snapshot_minutes) == (60.0, 120.0)
+    args = parser.parse_args(["eval-coarse", "--posenet", "p.safetensors", "--dataset", "d", "--no-depth"])
+    assert args.func is cli.run_eval and args.no_depth
