@@ -37,6 +37,10 @@ from gs2pose_ros.frame import Frame, PoseEstimate, TrackingState
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
 from gs2pose_ros.refiner import AppearanceState, GSRefiner, RefinerConfig, RefineResult
 
+#: Cap on how far the constant-velocity prediction extrapolates the last inter-frame motion
+#: (in multiples of it) after a long gap between processed frames.
+MAX_PREDICTION_RATIO = 3.0
+
 __all__ = ["TrackerConfig", "PoseTracker", "resolve_device", "load_object_model"]
 
 
@@ -160,6 +164,7 @@ class PoseTracker:
         self.state = TrackingState.INITIALIZING
         self._T_prev: Optional[np.ndarray] = None
         self._T_prev2: Optional[np.ndarray] = None
+        self._stamp_prev = self._stamp_prev2 = 0.0  # Frame.stamp of _T_prev and _T_prev2
         self._low = 0
         self._seeded = False
         self.appearance.reset()
@@ -190,30 +195,40 @@ class PoseTracker:
         r._appearance = app  # type: ignore[attr-defined]
         return r, r.iterations
 
-    def _predict(self) -> np.ndarray:
+    def _predict(self, stamp: float) -> np.ndarray:
+        """Constant-velocity prediction of the pose at ``stamp`` from the last two accepted poses.
+
+        The motion between them is scaled by the ratio of the time gaps, so frames dropped by a
+        busy caller (the node processes only the latest frame) do not distort the prediction.
+        Stamps that do not increase fall back to one frame of motion per processed frame.
+        """
         T1 = self._T_prev
         if self._T_prev2 is None or self.config.velocity_damping <= 0:
             return T1.copy()
         T2 = self._T_prev2
+        ratio = 1.0
+        gap_prev, gap_now = self._stamp_prev - self._stamp_prev2, stamp - self._stamp_prev
+        if gap_prev > 0 and gap_now > 0:
+            ratio = min(gap_now / gap_prev, MAX_PREDICTION_RATIO)
         # motion in the "centred" parametrisation: R <- dR R, t <- t + dt
         dR = T1[:3, :3] @ T2[:3, :3].T
         dt = T1[:3, 3] - T2[:3, 3]
-        k = self.config.velocity_damping
+        k = self.config.velocity_damping * ratio
         w = cv2.Rodrigues(dR)[0][:, 0] * k
         T = np.eye(4)
         T[:3, :3] = cv2.Rodrigues(w)[0] @ T1[:3, :3]
         T[:3, 3] = T1[:3, 3] + k * dt
         return T
 
-    def _accept(self, r: RefineResult, new_track: bool) -> None:
+    def _accept(self, r: RefineResult, new_track: bool, stamp: float) -> None:
         if new_track:
             app = getattr(r, "_appearance", None)
             if app is not None:
                 self.appearance = app
             self._T_prev2 = None
         else:
-            self._T_prev2 = self._T_prev
-        self._T_prev = r.T_cam_obj.copy()
+            self._T_prev2, self._stamp_prev2 = self._T_prev, self._stamp_prev
+        self._T_prev, self._stamp_prev = r.T_cam_obj.copy(), float(stamp)
         self._low = 0
         self.state = TrackingState.TRACKING
 
@@ -241,7 +256,7 @@ class PoseTracker:
         seeded = getattr(self, "_seeded", False)
         result: Optional[RefineResult] = None
         if self.state == TrackingState.TRACKING or seeded:
-            T_pred = self._predict()
+            T_pred = self._predict(frame.stamp)
             app = self.appearance
             adapt = (not seeded) and self.last_result is not None and \
                 self.last_result.confidence >= cfg.adapt_min_confidence
@@ -251,7 +266,7 @@ class PoseTracker:
             iters += result.iterations
             self._seeded = False
             if result.confidence >= cfg.valid_threshold:
-                self._accept(result, new_track=seeded)
+                self._accept(result, new_track=seeded, stamp=frame.stamp)
             else:
                 self._low += 1
                 accepted = False
@@ -260,7 +275,7 @@ class PoseTracker:
                     iters += it2
                     if r2 is not None and r2.confidence >= cfg.accept_threshold and r2.confidence > result.confidence:
                         result = r2
-                        self._accept(r2, new_track=True)
+                        self._accept(r2, new_track=True, stamp=frame.stamp)
                         accepted = True
                 if not accepted:
                     if seeded:
@@ -271,7 +286,7 @@ class PoseTracker:
             if self.coarse is not None:
                 result, iters = self._detect(frame, stages)
                 if result is not None and result.confidence >= cfg.accept_threshold:
-                    self._accept(result, new_track=True)
+                    self._accept(result, new_track=True, stamp=frame.stamp)
         self.last_result = result
         latency = time.perf_counter() - t_start
         if result is None:

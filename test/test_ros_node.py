@@ -4,8 +4,8 @@
 * the node's plumbing (sync, worker, outputs, stamps, TF gating, reset, bad inputs) in-process over
   a real DDS, with a test double standing in for the estimator (defined here only: the package has
   no fake tracker), run now;
-* the full pipeline (node process fed by the replay of a generated scene, poses against ground
-  truth): needs gs2pose_ros.tracker (issue 6) and a trained model, skipped until then.
+* the full pipeline: the node process with the real tracker and the shipped printed_box model and
+  Pose-Net weights, fed by the replay process of a generated scene, poses against ground truth.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from test_ros_replay import ros_context, start, stamp_ns, stop
 
 pytestmark = pytest.mark.ros
 
-TRACKER_REASON = "gs2pose_ros.tracker is not available yet (issue 6)"
 
 
 def node_cmd(*params: str) -> list[str]:
@@ -339,22 +338,19 @@ def test_reset_service_debug_image_marker_and_diagnostics(live_node):
 # ---- the full pipeline (needs the estimator) ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """A generated scene plus a trained model; skipped until the estimator exists."""
-    try:
-        import gs2pose_ros.tracker  # noqa: F401
-    except ImportError:
-        pytest.skip(TRACKER_REASON)
-    model, posenet = os.environ.get("GS2POSE_TEST_MODEL"), os.environ.get("GS2POSE_TEST_POSENET")
-    if not (model and posenet and Path(model).is_file() and Path(posenet).is_file()):
-        pytest.skip("set GS2POSE_TEST_MODEL and GS2POSE_TEST_POSENET to a Gaussian model and Pose-Net weights "
-                    "of printed_box")
+    """A generated scene plus the shipped model and Pose-Net weights."""
+    from gs2pose_ros.commands.demo import shipped_assets
+
+    # The model and Pose-Net weights shipped for the default object; overridable to test others.
+    shipped_model, shipped_posenet = shipped_assets("printed_box")
+    model = os.environ.get("GS2POSE_TEST_MODEL", str(shipped_model))
+    posenet = os.environ.get("GS2POSE_TEST_POSENET", str(shipped_posenet))
     gs2pose = shutil.which("gs2pose") or str(Path(sys.executable).with_name("gs2pose"))
     out = tmp_path_factory.mktemp("synth")
     proc = subprocess.run([gs2pose, "synth", "--out", str(out), "--object", "printed_box", "--frames", "40",
                            "--seed", "3", "--width", "320", "--height", "240", "--ref-views", "0", "--no-progress"],
                           capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        pytest.skip(f"gs2pose synth failed: {proc.stderr[-500:]}")
+    assert proc.returncode == 0, f"gs2pose synth failed: {proc.stderr[-2000:]}"
     from gs2pose_ros.bop import BopScene
 
     scene = BopScene(out / "test" / "000000")
