@@ -398,28 +398,10 @@ class PoseNode(Node):
 
 
 def main(args=None) -> int:
-    """Entry point of ``gs2pose_node``: one rclpy.init / shutdown; Ctrl-C ends it cleanly (status 0);
-    an unusable parameter or file ends it with one line and status 2."""
-    from rclpy.executors import ExternalShutdownException
+    """Entry point of ``gs2pose_node`` (see :func:`gs2pose_ros.ros.lifecycle.run_node`)."""
+    from gs2pose_ros.ros.lifecycle import run_node
 
-    rclpy.init(args=args)
-    node = None
-    rc = 0
-    try:
-        node = PoseNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Gs2PoseError as e:
-        logger = node.get_logger() if node is not None else rclpy.logging.get_logger(NODE_NAME)
-        logger.fatal(" ".join(str(e).split()))
-        rc = 2
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return rc
+    return run_node(PoseNode, rclpy.spin, NODE_NAME, args)
 
 
 if __name__ == "__main__":

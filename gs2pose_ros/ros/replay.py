@@ -31,7 +31,7 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from gs2pose_ros.errors import ConfigError, Gs2PoseError
+from gs2pose_ros.errors import ConfigError
 from gs2pose_ros.ros import convert
 
 NODE_NAME = "gs2pose_replay"
@@ -168,28 +168,16 @@ class ReplayNode(Node):
         self.published += 1
 
 
-def main(args=None) -> int:
-    """Entry point of ``gs2pose_replay``; status 0 at the end or on Ctrl-C, 2 for a bad scene/parameter."""
-    from rclpy.executors import ExternalShutdownException
+def _spin_until_finished(node: "ReplayNode") -> None:
+    while rclpy.ok() and not (node.finished and node.exit_at_end):
+        rclpy.spin_once(node, timeout_sec=0.1)
 
-    rclpy.init(args=args)
-    node = None
-    rc = 0
-    try:
-        node = ReplayNode()
-        while rclpy.ok() and not (node.finished and node.exit_at_end):
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Gs2PoseError as e:
-        logger = node.get_logger() if node is not None else rclpy.logging.get_logger(NODE_NAME)
-        logger.fatal(" ".join(str(e).split()))
-        rc = 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return rc
+
+def main(args=None) -> int:
+    """Entry point of ``gs2pose_replay``: status 0 at the end or on Ctrl-C, 2 for a bad scene/parameter."""
+    from gs2pose_ros.ros.lifecycle import run_node
+
+    return run_node(ReplayNode, _spin_until_finished, NODE_NAME, args)
 
 
 if __name__ == "__main__":
