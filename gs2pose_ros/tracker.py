@@ -92,7 +92,7 @@ def load_object_model(model_path, device) -> tuple[GaussianModel, ObjectMetadata
 
     path = Path(model_path)
     if not path.is_file():
-        raise ModelFileError(f"{path}: Gaussian model file not found; build one with gs2pose reconstruct")
+        raise ModelFileError(f"{path}: Gaussian model file not found; build one with `gs2pose build-model`")
     model = read_gaussian_ply(path, device=device)
     mp = metadata_path(path)
     if mp.is_file():
