@@ -81,7 +81,6 @@ def breakdown(model, K, T0, target, size, reps):
     names = ["project (fwd)", "pairs: enumerate + sort", "composite fwd", "finish + loss",
              "composite bwd", "projection + SH + twist bwd"]
     acc = {k: [] for k in names}
-    n_pix = size * size
     for _ in range(reps):
         xi = torch.zeros(6, requires_grad=True)
         m = model.clone().requires_grad_("sh", "opacity_logits")
@@ -89,16 +88,10 @@ def breakdown(model, K, T0, target, size, reps):
         T, Kt = _common.check_inputs(m, se3_exp(xi) @ T0, K, size, size)
         proj = _common.project(m, T, Kt, size, size)
         t1 = time.perf_counter()
-        order, gi, pix, first, last = cpu._pairs(proj)
-        u = torch.arange(size, dtype=K.dtype) + 0.5
-        pxc = u.repeat(size).index_select(0, pix)
-        pyc = u.repeat_interleave(size).index_select(0, pix)
-        con = proj.conics
-        Gt = torch.stack([proj.means2d[:, 0], proj.means2d[:, 1], -0.5 * con[:, 0], -con[:, 1],
-                          -0.5 * con[:, 2], proj.opacities], dim=0).index_select(1, order)
-        feats = proj.features.t().index_select(1, order)
+        _, args = cpu.composite_inputs(proj)
+        Gt, feats = args[0], args[1]
         t2 = time.perf_counter()
-        a, al, _ = cpu._Composite.apply(Gt, feats, gi, pix, first, last, pxc, pyc, n_pix)
+        a, al, _ = cpu._Composite.apply(*args)
         t3 = time.perf_counter()
         out = _common.finish(proj, a, al, None, "cpu")
         loss = (out.color - target).abs().mean() + out.alpha.mean()

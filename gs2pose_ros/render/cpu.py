@@ -216,13 +216,13 @@ def _composite_autograd(Gt, featsT, gi, pix, first, last, pxc, pyc, n_pix):
     return accT[:-1], accT[-1], (alpha > 0).detach()
 
 
-def rasterize_cpu(proj: Projected, composite: str = "function"):
-    """-> (acc [H*W, F], alpha [H*W], num_pixels [M], num_pairs) for projected Gaussians.
+def composite_inputs(proj: Projected):
+    """-> (order [M], args): the Gaussian-pixel pairs of ``proj`` and the argument tuple of the
+    compositing step, ``(Gt [6, M], featsT [F, M], gi, pix, first, last, pxc, pyc, n_pix)``.
 
-    composite: "function" (hand-written backward, default) or "autograd".
+    Separate from :func:`rasterize_cpu` so the benchmark can time the stages one by one.
     """
     W, H = proj.width, proj.height
-    n_pix = H * W
     order, gi, pix, first, last = _pairs(proj)
     dtype, dev = proj.means2d.dtype, proj.means2d.device
     with torch.no_grad():
@@ -234,7 +234,16 @@ def rasterize_cpu(proj: Projected, composite: str = "function"):
     Gt = torch.stack([proj.means2d[:, 0], proj.means2d[:, 1], -0.5 * con[:, 0], -con[:, 1],
                       -0.5 * con[:, 2], proj.opacities], dim=0).index_select(1, order)
     featsT = proj.features.t().index_select(1, order)
-    args = (Gt, featsT, gi, pix, first, last, pxc, pyc, n_pix)
+    return order, (Gt, featsT, gi, pix, first, last, pxc, pyc, H * W)
+
+
+def rasterize_cpu(proj: Projected, composite: str = "function"):
+    """-> (acc [H*W, F], alpha [H*W], num_pixels [M], num_pairs) for projected Gaussians.
+
+    composite: "function" (hand-written backward, default) or "autograd".
+    """
+    order, args = composite_inputs(proj)
+    dtype, dev = proj.means2d.dtype, proj.means2d.device
     if composite == "function":
         accT, a_img, used = _Composite.apply(*args)
     elif composite == "autograd":
@@ -245,5 +254,6 @@ def rasterize_cpu(proj: Projected, composite: str = "function"):
     acc = accT.t()
     m = order.shape[0]
     num = torch.zeros(m, dtype=torch.int64, device=dev)
+    gi = args[2]  # Gaussian (in depth order) of each pair
     num[order] = torch.bincount(gi, weights=used.to(dtype), minlength=m).round().long()
     return acc, a_img, num, int(used.sum())
