@@ -173,29 +173,32 @@ def rgb_to_array_data(rgb: np.ndarray) -> array.array:
     return data
 
 
-def rgb_to_image(rgb: np.ndarray, header=None, encoding: str = "rgb8"):
-    """``[H, W, 3]`` uint8 RGB -> ``sensor_msgs/Image`` (``rgb8``) with ``header`` (e.g. the input's)."""
+def _image_msg(pixels: np.ndarray, header, encoding: str, bytes_per_pixel: int):
+    """``sensor_msgs/Image`` of ``pixels`` ([H, W] or [H, W, C], native byte order) with ``header``."""
     from sensor_msgs.msg import Image
 
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise InputError(f"rgb_to_image: expected [H, W, 3] uint8 RGB, got {rgb.dtype} {rgb.shape}")
     msg = Image()
     if header is not None:
         msg.header = header
-    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
     msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = msg.width * 3
-    msg.data = rgb_to_array_data(rgb)
+    msg.is_bigendian = int(np.little_endian is False)
+    msg.step = msg.width * bytes_per_pixel
+    msg.data = rgb_to_array_data(np.ascontiguousarray(pixels).view(np.uint8))
     return msg
+
+
+def rgb_to_image(rgb: np.ndarray, header=None, encoding: str = "rgb8"):
+    """``[H, W, 3]`` uint8 RGB -> ``sensor_msgs/Image`` (``rgb8``) with ``header`` (e.g. the input's)."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"rgb_to_image: expected [H, W, 3] uint8 RGB, got {rgb.dtype} {rgb.shape}")
+    return _image_msg(rgb, header, encoding, bytes_per_pixel=3)
 
 
 def metres_to_depth_image(depth: np.ndarray, header=None, encoding: str = "16UC1"):
     """``[H, W]`` metres (0 / NaN = no reading) -> ``sensor_msgs/Image`` in ``16UC1`` (mm, 0 = none,
     rounded, clipped to 65.535 m) or ``32FC1`` (metres, NaN = none)."""
-    from sensor_msgs.msg import Image
-
     d = np.asarray(depth, dtype=np.float64)
     if d.ndim != 2:
         raise InputError(f"metres_to_depth_image: expected [H, W] depth, got shape {d.shape}")
@@ -210,15 +213,7 @@ def metres_to_depth_image(depth: np.ndarray, header=None, encoding: str = "16UC1
         bpp = 4
     else:
         raise InputError(f"metres_to_depth_image: encoding must be 16UC1 or 32FC1, got {encoding!r}")
-    msg = Image()
-    if header is not None:
-        msg.header = header
-    msg.height, msg.width = int(d.shape[0]), int(d.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = int(np.little_endian is False)
-    msg.step = msg.width * bpp
-    msg.data = rgb_to_array_data(out.view(np.uint8))
-    return msg
+    return _image_msg(out, header, encoding, bytes_per_pixel=bpp)
 
 
 def K_to_camera_info(K: np.ndarray, width: int, height: int, header=None):
