@@ -53,6 +53,14 @@ __all__ = ["RefinerConfig", "RefineResult", "AppearanceState", "GSRefiner", "app
 APPEARANCE_FIELDS = ("sh", "opacity_logits", "quats")
 
 
+def check_config_keys(cls, d: dict, what: str) -> None:
+    """ConfigError naming every key of ``d`` that is not a field of the dataclass ``cls``."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} settings {unknown}; known: {sorted(names)}")
+
+
 @dataclass
 class RefinerConfig:
     """Refiner settings (lengths in metres, angles in radians, learning rates per Adam step).
@@ -113,10 +121,7 @@ class RefinerConfig:
     def from_dict(cls, d: Optional[dict]) -> "RefinerConfig":
         if not d:
             return cls()
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown refiner settings {unknown}; known: {sorted(names)}")
+        check_config_keys(cls, d, "refiner")
         d = {k: (tuple(tuple(p) for p in v) if k in ("schedule", "track_schedule") else v) for k, v in d.items()}
         return cls(**d)
 

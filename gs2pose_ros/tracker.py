@@ -24,7 +24,7 @@ The coarse estimator is anything with ``estimate(frame, roi=None) -> obj`` where
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,7 +35,7 @@ import torch
 from gs2pose_ros.errors import ConfigError, InputError, ModelFileError
 from gs2pose_ros.frame import Frame, PoseEstimate, TrackingState
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
-from gs2pose_ros.refiner import AppearanceState, GSRefiner, RefinerConfig, RefineResult
+from gs2pose_ros.refiner import AppearanceState, GSRefiner, RefinerConfig, RefineResult, check_config_keys
 
 #: Cap on how far the constant-velocity prediction extrapolates the last inter-frame motion
 #: (in multiples of it) after a long gap between processed frames.
@@ -61,10 +61,7 @@ class TrackerConfig:
     def from_dict(cls, d: Optional[dict]) -> "TrackerConfig":
         if not d:
             return cls()
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown tracker settings {unknown}; known: {sorted(names)}")
+        check_config_keys(cls, d, "tracker")
         cfg = cls(**d)
         if not (0.0 <= cfg.valid_threshold <= 1.0 and 0.0 <= cfg.accept_threshold <= 1.0):
             raise ConfigError("tracker thresholds must lie in [0, 1]")
