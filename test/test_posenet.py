@@ -11,8 +11,8 @@ import torch
 
 from gs2pose_ros.errors import ModelFileError
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
-from gs2pose_ros.posenet.coarse import (CoarsePoseEstimator, decode_nocs, kabsch, letterbox, pnp_ransac,
-                                        ransac_kabsch)
+from gs2pose_ros.posenet.coarse import (CoarsePoseEstimator, ModelGeometry, decode_nocs, icp_point_to_plane, kabsch,
+                                        letterbox, pnp_ransac, ransac_kabsch, ransac_kabsch_hypotheses)
 from gs2pose_ros.posenet.io import load_posenet, save_posenet, sidecar_path
 from gs2pose_ros.posenet.network import PoseNet, PoseNetConfig
 from gs2pose_ros.posenet.train import canonical_pose, random_rotation
@@ -248,6 +248,106 @@ def test_confidence_of_wrong_correspondences_is_low():
         assert bad.confidence < 0.3 and bad.confidence < 0.5 * good, (bad.confidence, good)
 
 
+def _angle_deg(R1, R2) -> float:
+    return math.degrees(math.acos(np.clip((np.trace(R1.T @ R2) - 1) / 2, -1, 1)))
+
+
+def _turn(R, deg, axis=(0.3, -0.5, 0.8)):
+    import cv2
+
+    a = np.asarray(axis, dtype=np.float64)
+    dR, _ = cv2.Rodrigues(a / np.linalg.norm(a) * math.radians(deg))
+    return R @ dR
+
+
+def test_ransac_hypotheses_keep_a_second_mode():
+    """Two rigid motions explain 60 % / 40 % of the correspondences: both come back, best first."""
+    rng = np.random.default_rng(11)
+    P = rng.uniform(-0.05, 0.05, size=(500, 3))
+    R1, R2 = _rot(rng), _rot(rng)
+    t1, t2 = np.array([0.0, 0.0, 0.5]), np.array([0.01, 0.0, 0.5])
+    second = rng.random(500) < 0.4
+    Q = np.where(second[:, None], P @ R2.T + t2, P @ R1.T + t1) + rng.normal(0, 0.0005, P.shape)
+    hyps = ransac_kabsch_hypotheses(P, Q, threshold=0.004, iterations=300, rng=rng, count=3)
+    assert len(hyps) >= 2
+    assert _angle_deg(hyps[0][0], R1) < 1.0 and np.linalg.norm(hyps[0][1] - t1) < 0.002
+    assert any(_angle_deg(R, R2) < 1.0 for R, _, _, _ in hyps[1:])
+    assert hyps[0][3] >= hyps[1][3]
+
+
+def test_icp_recovers_the_pose_of_the_visible_surface():
+    meta = _meta()
+    rng = np.random.default_rng(12)
+    T = np.eye(4)
+    T[:3, :3] = _rot(rng)
+    T[:3, 3] = [0.01, -0.02, 0.45]
+    K = np.array([[200.0, 0, 32], [0, 200, 32], [0, 0, 1]])
+    _, depth, model = _prediction_from_pose(meta, T, K)
+    geom = ModelGeometry.from_model(model)
+    v, u = np.nonzero(depth > 0)
+    z = depth[v, u].astype(np.float64)
+    Q = np.stack([(u + 0.5 - 32) / 200 * z, (v + 0.5 - 32) / 200 * z, z], -1)
+    R0 = _turn(T[:3, :3], 12.0)
+    t0 = T[:3, 3] + np.array([0.004, -0.003, 0.005])
+    R1, t1, frac = icp_point_to_plane(R0, t0, Q, geom, 0.1 * meta.diameter, 0.03 * meta.diameter, 20)
+    assert _angle_deg(R1, T[:3, :3]) < 1.5 and np.linalg.norm(t1 - T[:3, 3]) < 0.02 * meta.diameter
+    assert frac > 0.9
+
+
+def test_depth_stage_corrects_noisy_nocs_and_scores_it_confidently():
+    """NOCS with 0.05 noise and 30 % garbage: RANSAC alone is a few degrees off, the depth stage
+    (hypotheses + ICP + depth check) lands on the pose and says so; garbage NOCS say little."""
+    meta = _meta()
+    rng = np.random.default_rng(13)
+    T = np.eye(4)
+    T[:3, :3] = _rot(rng)
+    T[:3, 3] = [0.0, 0.01, 0.45]
+    K = np.array([[200.0, 0, 32], [0, 200, 32], [0, 0, 1]])
+    pred, depth, model = _prediction_from_pose(meta, T, K)
+    noisy = dict(pred)
+    n = np.clip(pred["nocs"] + rng.normal(0, 0.05, pred["nocs"].shape), 0, 1)
+    junk = rng.random(n.shape[:2]) < 0.3
+    n[junk] = rng.random((int(junk.sum()), 3))
+    noisy["nocs"] = n
+    est = _estimator(meta, model)
+    pose = est.pose_from_prediction(noisy, K, depth)
+    assert pose.method == "kabsch" and "check" in pose.details
+    assert _angle_deg(pose.T_cam_obj[:3, :3], T[:3, :3]) < 2.0
+    assert np.linalg.norm(pose.T_cam_obj[:3, 3] - T[:3, 3]) < 0.02 * meta.diameter
+    assert pose.confidence > 0.6, pose.details.get("confidence_terms")
+    # without the Gaussian model (no geometry): the plain RANSAC path still works
+    plain = _estimator(meta, None).pose_from_prediction(noisy, K, depth)
+    assert plain.T_cam_obj is not None and "check" not in plain.details
+
+
+def test_depth_check_prefers_the_true_pose_over_a_flip():
+    """A 180-degree turn of the box about its own axis fits the depth equally well; the NOCS and
+    the texture (the faces' colours) tell them apart."""
+    from gs2pose_ros.render import render
+
+    meta = _meta()
+    rng = np.random.default_rng(14)
+    T = np.eye(4)
+    T[:3, :3] = _rot(rng)
+    T[:3, 3] = [0.0, 0.0, 0.45]
+    K = np.array([[200.0, 0, 32], [0, 200, 32], [0, 0, 1]])
+    pred, depth, model = _prediction_from_pose(meta, T, K)
+    with torch.no_grad():
+        rgb = render(model, torch.tensor(T, dtype=torch.float32), torch.tensor(K, dtype=torch.float32), 64, 64).color
+    rgb = (rgb.clamp(0, 1).numpy() * 255).astype(np.uint8)
+    est = _estimator(meta, model)
+    v, u = np.nonzero(pred["mask"] > 0.5)
+    z = depth[v, u].astype(np.float64)
+    Q = np.stack([(u + 0.5 - 32) / 200 * z, (v + 0.5 - 32) / 200 * z, z], -1)
+    P = decode_nocs(pred["nocs"][v, u], meta)
+    good = est.depth_check(T[:3, :3], T[:3, 3], K, depth, Q, P, Q, rgb)
+    Rf = T[:3, :3] @ np.diag([-1.0, -1.0, 1.0])
+    flip = est.depth_check(Rf, T[:3, 3], K, depth, Q, P, Q, rgb)
+    assert good["match"] > 0.8 and good["violation"] < 0.05 and good["colour"] > 0.8
+    assert flip["colour"] < good["colour"] - 0.1 and flip["nocs"] < 0.5 * good["nocs"]
+    assert flip["score"] < 0.5 * good["score"]
+
+
 def test_letterbox_scale():
     img, s = letterbox(np.zeros((48, 64, 3), np.uint8), 32)
     assert img.shape == (32, 32, 3) and s == pytest.approx(0.5)
@@ -330,3 +430,42 @@ def test_cli_registers_the_subcommands():
     assert cli._minutes(args.snapshot_minutes) == (60.0, 120.0)
     args = parser.parse_args(["eval-coarse", "--posenet", "p.safetensors", "--dataset", "d", "--no-depth"])
     assert args.func is cli.run_eval and args.no_depth
+
+
+def test_summary_reports_the_confidence_separation():
+    from gs2pose_ros.posenet.evaluate import FrameResult, summarize
+
+    cases = [(2.0, 0.001, 0.9), (3.0, 0.002, 0.6), (40.0, 0.05, 0.1), (170.0, 0.01, 0.3)]
+    rows = [FrameResult(i, True, re, te, te, c, 0.5, 0.5, "kabsch", 0.1) for i, (re, te, c) in enumerate(cases)]
+    s = summarize(rows, diameter=0.1)
+    assert s["success_rate"] == 0.5 and s["confidence_auc"] == 1.0
+    assert s["confidence_above"]["0.2"] == {"successes": 1.0, "failures": 0.5}
+    assert s["re_deg"]["max"] == 170.0 and s["confidence_failure_max"] == 0.3
+
+
+def test_search_finds_the_pose_when_the_nocs_mean_nothing():
+    """An under-trained network: a good mask, random NOCS. The orientation search on the depth
+    (with the texture deciding between the box's look-alike orientations) still finds the pose."""
+    from gs2pose_ros.render import render
+
+    meta = _meta()
+    rng = np.random.default_rng(15)
+    T = np.eye(4)
+    T[:3, :3] = _rot(rng)
+    T[:3, 3] = [0.0, 0.0, 0.45]
+    K = np.array([[200.0, 0, 32], [0, 200, 32], [0, 0, 1]])
+    pred, depth, model = _prediction_from_pose(meta, T, K)
+    with torch.no_grad():
+        rgb = render(model, torch.tensor(T, dtype=torch.float32), torch.tensor(K, dtype=torch.float32), 64, 64).color
+    junk = dict(pred)
+    junk["nocs"] = rng.random(pred["nocs"].shape)
+    junk["rgb"] = (rgb.clamp(0, 1).numpy() * 255).astype(np.uint8)
+    pose = _estimator(meta, model).pose_from_prediction(junk, K, depth)
+    assert pose.details.get("searched")
+    assert _angle_deg(pose.T_cam_obj[:3, :3], T[:3, :3]) < 3.0
+    assert np.linalg.norm(pose.T_cam_obj[:3, 3] - T[:3, 3]) < 0.03 * meta.diameter
+    assert pose.confidence > 0.3, pose.details.get("confidence_terms")
+    # and without the search the same input gives no usable, confident pose
+    plain = CoarsePoseEstimator(PoseNet(TINY), meta, model, ransac_iterations=200, search=False)
+    p2 = plain.pose_from_prediction(junk, K, depth)
+    assert p2.confidence < 0.3

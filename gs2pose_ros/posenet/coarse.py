@@ -8,16 +8,37 @@ Pipeline of :meth:`CoarsePoseEstimator.estimate` for one :class:`~gs2pose_ros.fr
    repeated ``refine_passes`` times around the refined mask; a mask that runs into the crop's
    border means the crop was too tight (a partial detection) and the next crop grows around it. A region of interest from outside (``roi``) skips the
    full-frame pass.
-2. **Correspondences**: pixels with mask probability > ``mask_threshold`` (and, with a confidence
+2. **Correspondences**: pixels with mask probability > ``mask_threshold`` (``low_mask_threshold``
+   where that leaves under 30 pixels, as the full-frame pass does for an empty mask) (and, with a confidence
    head, confidence > ``conf_threshold`` when enough remain) decode to object points
    ``bbox_min + nocs * (bbox_max - bbox_min)`` (:func:`decode_nocs`).
-3. **Pose**: with depth, 3D-3D: the crop's depth back-projected through the crop's K, then Kabsch
-   (rotation + translation, scale known = 1) inside RANSAC (:func:`ransac_kabsch`). Without depth
-   (or too few depth readings), 2D-3D: ``cv2.solvePnPRansac`` (SQPnP minimal solver, then
-   Levenberg-Marquardt refinement on the inliers, :func:`pnp_ransac`).
-4. **Confidence** in [0, 1]: ``inlier_ratio * agreement``, where ``inlier_ratio`` is the fraction of
-   mask pixels consistent with the pose (all of them, not just RANSAC's sample pool: their decoded
-   point reprojects within 5 % of the object's apparent diameter, at least ``reproj_px``) and
+3. **Pose**: with depth, 3D-3D: the crop's depth back-projected through the crop's K. When the
+   estimator has the Gaussian model (:class:`ModelGeometry`: its opaque centres, PCA normals, a
+   ``scipy.spatial.cKDTree``): the ``hypotheses`` best *distinct* 3-point Kabsch-RANSAC poses
+   (:func:`ransac_kabsch_hypotheses`, threshold ``inlier_threshold`` x diameter) plus the weighted
+   least-squares fit of all correspondences, each refined by point-to-plane ICP of the observed
+   points near it (dilated mask, within the object's radius of its centre) against the model
+   surface, with the NOCS correspondences as weak point-to-point anchors for the directions the
+   surface leaves free (:func:`icp_point_to_plane`); then the best pose turned by 180 degrees about
+   each object axis (the near-symmetries that noisy NOCS confuse), refined likewise. Each refined
+   pose is scored by :meth:`CoarsePoseEstimator.depth_check`: ``match`` (its z-buffered visible
+   points that the depth confirms), ``violation`` (those the camera sees *through*), ``fit`` (mask
+   points on the model surface), ``nocs`` (correspondences that agree) and ``colour`` (correlation of
+   the model's colours with the image at the confirmed points); the product wins. When even the
+   winner's confidence is under ``search_below`` (an under-trained network: good mask, meaningless
+   NOCS), :meth:`CoarsePoseEstimator._search` tries a grid of orientations (:func:`rotation_grid`)
+   behind the observed surface, ICP-refined and scored without the NOCS term. Without the model,
+   the single best RANSAC pose (:func:`ransac_kabsch`). Without depth (or too few depth readings),
+   2D-3D: ``cv2.solvePnPRansac`` (SQPnP minimal solver, then Levenberg-Marquardt refinement on the
+   inliers, :func:`pnp_ransac`).
+4. **Confidence** in [0, 1]. With the depth check: ``consistency x support x nocs x colour x
+   unambiguous`` (``agreement`` = the first two), each a clipped ramp: consistency
+   ``match / (match + violation)`` from 0.7 to 0.95, support ``match`` from 0 to 0.35, the agreeing
+   NOCS fraction from 0 to 0.15, the colour correlation from 0.6 to 0.8 (1 where the visible part
+   has no texture), and 1 unless another refined pose outside 15 degrees / 0.1 diameter scores more
+   than half as well. Otherwise (RGB only, or no model): ``inlier_ratio * agreement``, where
+   ``inlier_ratio`` is the fraction of mask pixels consistent with the pose (their decoded point
+   reprojects within 5 % of the object's apparent diameter, at least ``reproj_px``) and
    ``agreement`` the IoU between the predicted mask and the model's silhouette rendered at the pose
    (when the estimator has the Gaussian model; else the fraction of the decoded points that project
    inside the predicted mask). A wrong pose agrees with few pixels and scores low.
@@ -37,8 +58,8 @@ import torch
 from gs2pose_ros.errors import InputError
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
 
-__all__ = ["CoarsePose", "CoarsePoseEstimator", "decode_nocs", "kabsch", "ransac_kabsch", "pnp_ransac",
-           "letterbox"]
+__all__ = ["CoarsePose", "CoarsePoseEstimator", "decode_nocs", "kabsch", "ransac_kabsch", "ransac_kabsch_hypotheses",
+           "ModelGeometry", "icp_point_to_plane", "rotation_grid", "pnp_ransac", "letterbox"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,6 +141,237 @@ def ransac_kabsch(P: np.ndarray, Q: np.ndarray, threshold: float, iterations: in
         Rb, tb = kabsch(P[inl], Q[inl])
         inl = np.linalg.norm(P @ Rb.T + tb - Q, axis=-1) < threshold
     return Rb, tb, inl
+
+
+def ransac_kabsch_hypotheses(P: np.ndarray, Q: np.ndarray, threshold: float, iterations: int = 256,
+                             rng: Optional[np.random.Generator] = None, count: int = 4,
+                             min_angle_deg: float = 20.0, refine_rounds: int = 2, weights=None) -> list:
+    """Like :func:`ransac_kabsch`, but the ``count`` best *distinct* hypotheses, best first.
+
+    Every 3-point Kabsch hypothesis is scored by its (``weights``-weighted) inlier count; going down
+    that ranking, a hypothesis is kept when its rotation differs by more than ``min_angle_deg`` from
+    every kept one (so a second mode, e.g. a flipped pose of a near-symmetric object, survives to be
+    checked against the depth), then refit on its inliers ``refine_rounds`` times. Returns a list of
+    ``(R, t, inliers [N] bool, score)``.
+    """
+    P = np.asarray(P, dtype=np.float64)
+    Q = np.asarray(Q, dtype=np.float64)
+    n = len(P)
+    if n < 3:
+        return []
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    rng = rng or np.random.default_rng(0)
+    idx = np.stack([rng.choice(n, 3, replace=False) for _ in range(iterations)]) if n < 64 else \
+        rng.integers(0, n, size=(iterations, 3))
+    Ps = P[idx]
+    area = np.linalg.norm(np.cross(Ps[:, 1] - Ps[:, 0], Ps[:, 2] - Ps[:, 0]), axis=-1)
+    idx = idx[area > 1e-10]
+    if len(idx) == 0:
+        return []
+    R, t = kabsch(P[idx], Q[idx])
+    scores = np.empty(len(idx))
+    for s in range(0, len(idx), 64):
+        res = np.linalg.norm(np.einsum("hij,nj->hni", R[s:s + 64], P) + t[s:s + 64, None] - Q[None], axis=-1)
+        scores[s:s + 64] = ((res < threshold) * w).sum(1)
+    order = np.argsort(-scores, kind="stable")
+    kept = []
+    cos_min = math.cos(math.radians(min_angle_deg))
+    for h in order:
+        Rh = R[h]
+        if any((np.trace(Rh.T @ Rk) - 1.0) / 2.0 > cos_min for Rk, _, _, _ in kept):
+            continue
+        th = t[h]
+        inl = np.linalg.norm(P @ Rh.T + th - Q, axis=-1) < threshold
+        for _ in range(refine_rounds):
+            if inl.sum() < 3:
+                break
+            Rh, th = kabsch(P[inl], Q[inl], w[inl])
+            inl = np.linalg.norm(P @ Rh.T + th - Q, axis=-1) < threshold
+        kept.append((Rh, th, inl, float((inl * w).sum())))
+        if len(kept) >= count:
+            break
+    return kept
+
+
+def visible_points(points_cam: np.ndarray, K: np.ndarray, tolerance: float, cell_px: float = 2.0) -> np.ndarray:
+    """Which camera-frame points [N, 3] a camera with intrinsics K sees (not hidden by the others): a
+    z-buffer of cells ``cell_px`` pixels wide, closed by a 3x3 minimum filter (a point cloud leaves
+    holes between the front surface's points, through which back points would pass), ``tolerance``
+    metres of slack. Returns [N] bool."""
+    z = points_cam[:, 2]
+    front = z > 1e-3
+    out = np.zeros(len(points_cam), bool)
+    if front.sum() == 0:
+        return out
+    zf = z[front]
+    u = (K[0, 0] * points_cam[front, 0] / zf + K[0, 2]) / cell_px
+    v = (K[1, 1] * points_cam[front, 1] / zf + K[1, 2]) / cell_px
+    cu = np.floor(u - u.min()).astype(int) + 1
+    cv = np.floor(v - v.min()).astype(int) + 1
+    W, H = int(cu.max()) + 2, int(cv.max()) + 2
+    if W * H > 4_000_000:  # degenerate (points at grazing depth): call everything visible
+        out[front] = True
+        return out
+    cell = cv * W + cu
+    zbuf = np.full(W * H, 1e6)
+    np.minimum.at(zbuf, cell, zf)
+    zbuf = cv2.erode(zbuf.reshape(H, W).astype(np.float32), np.ones((3, 3), np.uint8)).reshape(-1)
+    out[front] = zf <= zbuf[cell] + tolerance
+    return out
+
+
+def rotation_grid(views: int = 30, in_plane: int = 6) -> np.ndarray:
+    """``views x in_plane`` rotations (object -> camera) spread over SO(3): the camera looking at the
+    object from ``views`` directions on a Fibonacci sphere, at ``in_plane`` roll angles each."""
+    i = np.arange(views) + 0.5
+    z = 1.0 - 2.0 * i / views
+    phi = math.pi * (1.0 + math.sqrt(5.0)) * i
+    d = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], -1)
+    out = []
+    for dv in d:
+        zc = -dv  # the camera's optical axis, in the object frame
+        a = np.array([1.0, 0.0, 0.0]) if abs(zc[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        x0 = np.cross(a, zc)
+        x0 /= np.linalg.norm(x0)
+        y0 = np.cross(zc, x0)
+        for k in range(in_plane):
+            g = 2.0 * math.pi * k / in_plane
+            xc = math.cos(g) * x0 + math.sin(g) * y0
+            yc = np.cross(zc, xc)
+            out.append(np.stack([xc, yc, zc]))  # rows: camera axes in the object frame
+    return np.asarray(out)
+
+
+def _same_pose(R1, t1, R2, t2, max_deg: float, max_dist: float) -> bool:
+    c = (np.trace(R1.T @ R2) - 1.0) / 2.0
+    return c > math.cos(math.radians(max_deg)) and float(np.linalg.norm(t1 - t2)) < max_dist
+
+
+def _rodrigues(omega: np.ndarray) -> np.ndarray:
+    R, _ = cv2.Rodrigues(np.asarray(omega, dtype=np.float64).reshape(3, 1))
+    return R
+
+
+class ModelGeometry:
+    """The object's surface as points + normals with a k-d tree (``scipy.spatial.cKDTree``), in the
+    object frame: what ICP and the depth check need. Built from the Gaussian means (opaque ones)."""
+
+    def __init__(self, points: np.ndarray, colors: Optional[np.ndarray] = None, normals: Optional[np.ndarray] = None,
+                 max_points: int = 4000, neighbours: int = 10, seed: int = 0):
+        from scipy.spatial import cKDTree
+
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        cols = None if colors is None else np.asarray(colors, dtype=np.float64).reshape(-1, 3)
+        nrm = None if normals is None else np.asarray(normals, dtype=np.float64).reshape(-1, 3)
+        if len(pts) > max_points:
+            keep = np.random.default_rng(seed).choice(len(pts), max_points, replace=False)
+            pts = pts[keep]
+            cols = None if cols is None else cols[keep]
+            nrm = None if nrm is None else nrm[keep]
+        self.points = pts
+        self.colors = None if cols is None else np.clip(cols, 0.0, 1.0)  # RGB in [0, 1], or None
+        self.tree = cKDTree(pts)
+        if nrm is not None:
+            self.normals = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+            return
+        # PCA over the nearest neighbours (wrong across thin walls, hence the Gaussians' own when flat)
+        k = int(min(neighbours, len(pts)))
+        _, nn = self.tree.query(pts, k=k)
+        nb = pts[nn.reshape(len(pts), k)]
+        c = nb - nb.mean(1, keepdims=True)
+        cov = np.einsum("nki,nkj->nij", c, c)
+        _, vecs = np.linalg.eigh(cov)
+        nrm = vecs[:, :, 0]  # smallest eigenvalue: the local surface normal (sign irrelevant here)
+        self.normals = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+
+    @classmethod
+    def from_model(cls, model: GaussianModel, min_opacity: float = 0.3, **kw) -> "ModelGeometry":
+        means = model.means.detach().cpu().double().numpy()
+        op = torch.sigmoid(model.opacity_logits.detach().cpu().double()).numpy()
+        keep = op >= min_opacity
+        if keep.sum() < 50:
+            keep = np.ones(len(means), bool)
+        from gs2pose_ros.gaussians import sh_to_rgb
+
+        cols = sh_to_rgb(model.sh[:, 0].detach().cpu().double()).numpy()
+        nrm = None
+        scales = model.log_scales.detach().cpu().double().exp().numpy()
+        srt = np.sort(scales, axis=1)
+        if np.median(srt[:, 0] / np.maximum(srt[:, 1], 1e-12)) < 0.5:
+            # flat Gaussians (surface elements): the normal is the axis of the smallest scale
+            from gs2pose_ros.lie import quat_to_matrix
+
+            Rg = quat_to_matrix(model.unit_quats.detach().cpu().double()).numpy()
+            nrm = Rg[np.arange(len(Rg)), :, np.argmin(scales, axis=1)]
+            nrm = nrm[keep]
+        return cls(means[keep], cols[keep], nrm, **kw)
+
+
+def icp_point_to_plane(R: np.ndarray, t: np.ndarray, Q: np.ndarray, geometry: ModelGeometry,
+                       start: float, end: float, iterations: int = 15, anchors=None, anchor_weight: float = 0.02,
+                       anchor_gate: float = float("inf"), K: Optional[np.ndarray] = None, visibility_every: int = 4):
+    """Refines ``Q ~ R P + t`` by point-to-plane ICP of the observed points ``Q`` [N, 3] (camera frame)
+    against the model surface, with a correspondence gate shrinking geometrically from ``start`` to
+    ``end`` metres (Tukey-like weights inside it). Returns ``(R, t, matched fraction at the end)``.
+
+    anchors: optional ``(P_a [M, 3] object points, Q_a [M, 3] camera points)`` known correspondences
+    (the decoded NOCS) added as point-to-point terms of weight ``anchor_weight`` each (Tukey weights
+    inside ``anchor_gate`` metres): they hold the directions the surface leaves free (the rotation
+    of a mug about its body's axis, where only the handle tells) without outweighing the depth.
+
+    K: the camera's intrinsics; with it, the observed points are matched only to the model points
+    visible at the current pose (:func:`visible_points`, refreshed every ``visibility_every``
+    iterations), so that a thin wall's far side (the inside of a mug) does not attract them.
+    """
+    from scipy.spatial import cKDTree
+
+    R = np.asarray(R, dtype=np.float64).copy()
+    t = np.asarray(t, dtype=np.float64).copy()
+    Q = np.asarray(Q, dtype=np.float64)
+    frac = 0.0
+    if len(Q) < 12:
+        return R, t, frac
+    tree, pts, nrms = geometry.tree, geometry.points, geometry.normals
+    for it, gate in enumerate(np.geomspace(start, end, iterations)):
+        if K is not None and it % max(visibility_every, 1) == 0:
+            vis = visible_points(geometry.points @ R.T + t, K, end)
+            if vis.sum() >= 12:
+                pts, nrms = geometry.points[vis], geometry.normals[vis]
+                tree = cKDTree(pts)
+        qo = (Q - t) @ R
+        d, idx = tree.query(qo, distance_upper_bound=gate)
+        ok = np.isfinite(d)
+        frac = float(ok.mean())
+        if ok.sum() < 12:
+            break
+        q, p, nrm = qo[ok], pts[idx[ok]], nrms[idx[ok]]
+        r = ((q - p) * nrm).sum(1)
+        w = (1.0 - (d[ok] / gate) ** 2) ** 2
+        J = np.concatenate([np.cross(q, nrm), nrm], 1)
+        A = J.T @ (w[:, None] * J)
+        b = -J.T @ (w * r)
+        if anchors is not None and len(anchors[0]):
+            qa = (anchors[1] - t) @ R
+            ra = qa - anchors[0]  # [M, 3]
+            da = np.linalg.norm(ra, axis=1)
+            wa = anchor_weight * np.where(da < anchor_gate, (1.0 - (da / anchor_gate) ** 2) ** 2, 0.0)
+            # d(q + omega x q + v)/d(omega, v) = [-[q]x, I]
+            Ja = np.zeros((len(qa), 3, 6))
+            Ja[:, 0, 1], Ja[:, 0, 2] = qa[:, 2], -qa[:, 1]
+            Ja[:, 1, 0], Ja[:, 1, 2] = -qa[:, 2], qa[:, 0]
+            Ja[:, 2, 0], Ja[:, 2, 1] = qa[:, 1], -qa[:, 0]
+            Ja[:, :, 3:] = np.eye(3)
+            Jf = Ja.reshape(-1, 6)
+            w3 = np.repeat(wa, 3)
+            A += Jf.T @ (w3[:, None] * Jf)
+            b -= Jf.T @ (w3 * ra.reshape(-1))
+        A += (1e-4 * np.trace(A) / 6.0 + 1e-12) * np.eye(6)
+        x = np.linalg.solve(A, b)
+        # the observed points move by D = (exp(omega), v) in the object frame: T_cam_obj <- T_cam_obj D^-1
+        dR = _rodrigues(x[:3])
+        R = R @ dR.T
+        t = t - R @ x[3:]
+    return R, t, frac
 
 
 def pnp_ransac(P: np.ndarray, uv: np.ndarray, K: np.ndarray, reproj_px: float = 3.0, iterations: int = 200,
@@ -205,6 +457,7 @@ class CoarsePose:
     inlier_ratio: float = 0.0
     agreement: float = 0.0
     stages: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -227,7 +480,11 @@ class CoarsePoseEstimator:
     def __init__(self, posenet, metadata: ObjectMetadata, model: Optional[GaussianModel] = None, *,
                  mask_threshold: float = 0.5, conf_threshold: float = 0.5, crop_padding: float = 0.35,
                  ransac_iterations: int = 300, inlier_threshold: float = 0.06, reproj_px: float = 3.0,
-                 max_points: int = 3000, seed: int = 0, refine_passes: int = 2, use_depth: bool = True):
+                 max_points: int = 3000, seed: int = 0, refine_passes: int = 2, use_depth: bool = True,
+                 hypotheses: int = 4, icp: bool = True, icp_iterations: int = 15, icp_points: int = 1500,
+                 depth_tolerance: float = 0.03, flips: bool = True, anchor_weight: float = 0.02,
+                 search: bool = True, search_below: float = 0.5, search_views: int = 30, search_in_plane: int = 6,
+                 low_mask_threshold: float = 0.3):
         self.net = posenet.eval()
         self.metadata = metadata
         self.model = model
@@ -244,6 +501,25 @@ class CoarsePoseEstimator:
         self.use_depth = use_depth
         self.rng = np.random.default_rng(seed)
         self._nocs_cols = None
+        self.hypotheses = int(hypotheses)
+        self.icp = bool(icp)
+        self.icp_iterations = int(icp_iterations)
+        self.icp_points = int(icp_points)
+        self.flips = bool(flips)
+        self.anchor_weight = float(anchor_weight)
+        self.search = bool(search)
+        self.low_mask_threshold = float(low_mask_threshold)
+        self.search_below = float(search_below)
+        self._grid = rotation_grid(search_views, search_in_plane) if search else None
+        self.depth_tolerance = float(depth_tolerance)  # x diameter: depth agreement / ICP's final gate
+        self._geometry = None
+
+    @property
+    def geometry(self) -> Optional[ModelGeometry]:
+        """The model's surface points/normals/k-d tree for ICP and the depth check (None without a model)."""
+        if self._geometry is None and self.model is not None:
+            self._geometry = ModelGeometry.from_model(self.model)
+        return self._geometry
 
     @classmethod
     def from_file(cls, path, model: Optional[GaussianModel] = None, device=None, **kwargs) -> "CoarsePoseEstimator":
@@ -267,9 +543,9 @@ class CoarsePoseEstimator:
                        else np.ones_like(res["mask"]))
         return res
 
-    def _mask_box(self, prob: np.ndarray):
+    def _mask_box(self, prob: np.ndarray, threshold: Optional[float] = None):
         """Box (x0, y0, x1, y1) of the best connected component of ``prob > threshold`` (None if empty)."""
-        m = (prob > self.mask_threshold).astype(np.uint8)
+        m = (prob > (self.mask_threshold if threshold is None else threshold)).astype(np.uint8)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
         if n <= 1:
             return None
@@ -287,6 +563,12 @@ class CoarsePoseEstimator:
         prob[int(math.ceil(frame.height * s)):] = 0  # the padding is not the image
         prob[:, int(math.ceil(frame.width * s)):] = 0
         box = self._mask_box(prob)
+        if box is None or (box[2] - box[0]) * (box[3] - box[1]) < 16:
+            # a weakly trained network (or a dim, half-hidden object) may stay under 0.5 in the
+            # small full-frame view: look again at a lower threshold; the crop passes and the
+            # confidence judge what it found
+            low = self._mask_box(prob, self.low_mask_threshold)
+            box = low if low is not None else box
         if box is None:
             return None
         return tuple(v / s for v in box)
@@ -358,13 +640,17 @@ class CoarsePoseEstimator:
         result = self.pose_from_prediction(pred, K_crop, depth_crop)
         stages["pose"] = time.perf_counter() - t2
         result.roi = crop_box
-        result.mask = self._frame_mask(frame, crop_box, pred["mask"] > self.mask_threshold)
+        m = pred["mask"] > self.mask_threshold
+        if m.sum() < 30:
+            m = pred["mask"] > self.low_mask_threshold
+        result.mask = self._frame_mask(frame, crop_box, m)
         result.stages = stages
         return result
 
     def _predict_crop(self, frame, crop_box, crop):
         """``predict`` with the mask zeroed on the crop's parts outside the frame (padding)."""
         pred = self.predict(crop)
+        pred["rgb"] = crop
         x0, y0, w, h = crop_box
         S = self.size
         c0, c1 = int(math.floor(-x0 * S / w)), int(math.ceil((frame.width - x0) * S / w))
@@ -394,6 +680,8 @@ class CoarsePoseEstimator:
         """Correspondences from one prediction (crop coordinates) -> pose + confidence."""
         S = pred["mask"].shape[0]
         mask = pred["mask"] > self.mask_threshold
+        if mask.sum() < 30:  # see locate(): a weak mask, taken at a lower threshold
+            mask = pred["mask"] > self.low_mask_threshold
         n_mask = int(mask.sum())
         if n_mask < 6:
             return CoarsePose(None, 0.0, 0, n_mask, None, None, "none")
@@ -407,6 +695,7 @@ class CoarsePoseEstimator:
         P = decode_nocs(pred["nocs"][vs, us], self.metadata)
         method = "none"
         R = t = None
+        details = {}
         diam = self.metadata.diameter
         if depth_crop is not None:
             z = depth_crop[vs, us].astype(np.float64)
@@ -416,7 +705,12 @@ class CoarsePoseEstimator:
                 v = vs[good] + 0.5
                 Q = np.stack([(u - K_crop[0, 2]) / K_crop[0, 0] * z[good], (v - K_crop[1, 2]) / K_crop[1, 1] * z[good],
                               z[good]], -1)
-                R, t, _ = ransac_kabsch(P[good], Q, self.inlier_threshold * diam, self.ransac_iterations, self.rng)
+                if self.icp and self.geometry is not None:
+                    R, t, details = self._pose_with_depth(P[good], Q, pred["conf"][vs[good], us[good]], mask,
+                                                          K_crop, depth_crop, pred.get("rgb"))
+                else:
+                    R, t, _ = ransac_kabsch(P[good], Q, self.inlier_threshold * diam, self.ransac_iterations,
+                                            self.rng)
                 method = "kabsch"
         if R is None:
             uv = np.stack([us + 0.5, vs + 0.5], -1)
@@ -439,10 +733,234 @@ class CoarsePoseEstimator:
         tol = max(self.reproj_px, 0.05 * diam_px)
         consistent = (err < tol) & (pc[:, 2] > 0)
         inlier_ratio = float(consistent.mean())
-        agreement = self._agreement(T, K_crop, mask, proj)
-        conf = float(np.clip(inlier_ratio * agreement, 0.0, 1.0))
+        if "check" in details:
+            agreement, conf = self._depth_confidence(details)
+        else:
+            agreement = self._agreement(T, K_crop, mask, proj)
+            conf = float(np.clip(inlier_ratio * agreement, 0.0, 1.0))
         return CoarsePose(T, conf, int(consistent.sum()), len(us), None, None, method,
-                          inlier_ratio=inlier_ratio, agreement=agreement)
+                          inlier_ratio=inlier_ratio, agreement=agreement, details=details)
+
+    # -- with depth: hypotheses, ICP, depth check -------------------------------------------------
+
+    def _pose_with_depth(self, P, Q, conf, mask, K_crop, depth_crop, rgb_crop=None):
+        """3D-3D correspondences -> the best of several RANSAC hypotheses, each refined by ICP against
+        the depth and scored by :meth:`depth_check`. Returns ``(R, t, details)``."""
+        diam = self.metadata.diameter
+        geom = self.geometry
+        hyps = ransac_kabsch_hypotheses(P, Q, self.inlier_threshold * diam, self.ransac_iterations, self.rng,
+                                        count=self.hypotheses)
+        if not hyps:
+            return None, None, {}
+        R_ls, t_ls = kabsch(P, Q, np.clip(conf, 0.05, 1.0))
+        cands = [(Rh, th) for Rh, th, _, _ in hyps] + [(R_ls, t_ls)]
+        S = mask.shape[0]
+        z = depth_crop.astype(np.float64)
+        v, u = np.mgrid[0:S, 0:S] + 0.5
+        X = np.stack([(u - K_crop[0, 2]) / K_crop[0, 0] * z, (v - K_crop[1, 2]) / K_crop[1, 1] * z, z], -1)
+        valid = z > 0
+        region = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & valid
+        Xr = X[region]
+        Xm = X[mask & valid]
+        centre = 0.5 * (np.asarray(self.metadata.bbox_min) + np.asarray(self.metadata.bbox_max))
+        radius = 0.55 * float(np.linalg.norm(np.asarray(self.metadata.bbox_max) - self.metadata.bbox_min))
+        tol = self.depth_tolerance * diam
+        anchors = None
+        if self.anchor_weight > 0:
+            ka = self.rng.choice(len(P), min(len(P), self.icp_points), replace=False)
+            anchors = (P[ka], Q[ka])
+        best, out = None, []
+        k, flipped = 0, False
+        while True:
+            if k == len(cands):
+                if flipped or not self.flips or best is None:
+                    break
+                # the best pose turned by 180 degrees about each object axis through the box centre:
+                # the usual ambiguity of a near-symmetric shape, which RANSAC on noisy NOCS may miss
+                flipped = True
+                for F in (np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])):
+                    Rf = best["R"] @ F
+                    cands.append((Rf, best["R"] @ centre + best["t"] - Rf @ centre))
+            Rh, th = cands[k]
+            k += 1
+            if not np.all(np.isfinite(Rh)) or not np.all(np.isfinite(th)):
+                continue
+            c = Rh @ centre + th
+            Xs = Xr[np.linalg.norm(Xr - c, axis=1) < radius + 0.1 * diam]
+            if len(Xs) > self.icp_points:
+                Xs = Xs[self.rng.choice(len(Xs), self.icp_points, replace=False)]
+            Ri, ti, _ = icp_point_to_plane(Rh, th, Xs, geom, 0.1 * diam, tol, self.icp_iterations, anchors=anchors,
+                                           anchor_weight=self.anchor_weight,
+                                           anchor_gate=2 * self.inlier_threshold * diam, K=K_crop)
+            dup = next((o for o in out if _same_pose(o["R"], o["t"], Ri, ti, 2.0, 0.01 * diam)), None)
+            if dup is not None:  # converged onto a pose already checked
+                continue
+            chk = self.depth_check(Ri, ti, K_crop, depth_crop, Xm, P, Q, rgb_crop)
+            chk["hypothesis"] = k - 1
+            chk["T_before"] = np.concatenate([Rh, th[:, None]], 1)
+            chk["R"], chk["t"] = Ri, ti
+            out.append(chk)
+            if best is None or chk["score"] > best["score"]:
+                best = chk
+        if best is None:
+            return None, None, {}
+        details = {"hypotheses": out, "chosen": best["hypothesis"], "check": best}
+        if self.search and self._depth_confidence(dict(details))[1] < self.search_below:
+            found = self._search(Xr, Xm, K_crop, depth_crop, rgb_crop, P, Q, centre, radius, best)
+            if found is not None:
+                details = found
+        return details["check"]["R"], details["check"]["t"], details
+
+    @staticmethod
+    def _geometric_score(chk: dict) -> float:
+        """The depth check's score without the NOCS term (for poses the NOCS did not propose)."""
+        colour = 0.75 if math.isnan(chk["colour"]) else chk["colour"]
+        return chk["match"] * (1.0 - chk["violation"]) * chk["fit"] * colour
+
+    def _search(self, Xr, Xm, K_crop, depth_crop, rgb_crop, P, Q, centre, radius, nocs_best):
+        """Fallback when the NOCS hypotheses explain the depth poorly (an under-trained network): a
+        grid of orientations (:func:`rotation_grid`) placed behind the observed surface's centroid,
+        each refined by a short ICP; the best few by ICP fit get the full ICP and the depth check
+        (without the NOCS term: ``_geometric_score``); the winner replaces the NOCS pose when it
+        explains the depth and the texture better. Returns the details dict, or None."""
+        geom = self.geometry
+        diam = self.metadata.diameter
+        tol = self.depth_tolerance * diam
+        if len(Xm) < 12:
+            return None
+        c_obs = np.median(Xm, axis=0)
+        ray = c_obs / max(np.linalg.norm(c_obs), 1e-9)
+        c_obj = c_obs + ray * 0.15 * diam  # the object's centre lies behind its visible surface
+        Xs = Xr[np.linalg.norm(Xr - c_obj, axis=1) < radius + 0.1 * diam]
+        if len(Xs) < 12:
+            return None
+        Xf = Xs[self.rng.choice(len(Xs), min(len(Xs), 300), replace=False)]
+        coarse = []
+        for Rg in self._grid:
+            tg = c_obj - Rg @ centre
+            Ri, ti, frac = icp_point_to_plane(Rg, tg, Xf, geom, 0.15 * diam, 2 * tol, 6)
+            coarse.append((frac, Ri, ti))
+        coarse.sort(key=lambda c: -c[0])
+        Xi = Xs if len(Xs) <= self.icp_points else Xs[self.rng.choice(len(Xs), self.icp_points, replace=False)]
+        cands = [dict(nocs_best)]
+        for _, Rc, tc in coarse[:8]:
+            Ri, ti, _ = icp_point_to_plane(Rc, tc, Xi, geom, 0.05 * diam, tol, 8, K=K_crop)
+            if any(_same_pose(o["R"], o["t"], Ri, ti, 2.0, 0.01 * diam) for o in cands):
+                continue
+            chk = self.depth_check(Ri, ti, K_crop, depth_crop, Xm, P, Q, rgb_crop)
+            chk["R"], chk["t"] = Ri, ti
+            chk["T_before"] = np.concatenate([Rc, tc[:, None]], 1)
+            chk["hypothesis"] = -1 - len(cands)
+            cands.append(chk)
+        for c in cands:
+            c["score"] = self._geometric_score(c)
+        win = max(cands, key=lambda c: c["score"])
+        if win is cands[0]:
+            return None
+        # turns about the object's axes that the surface may not pin down (a mug about its body's axis
+        # with the handle hidden): the texture then decides
+        Xl = Xs if len(Xs) <= 500 else Xs[self.rng.choice(len(Xs), 500, replace=False)]
+        base = win
+        for axis in np.eye(3):
+            for deg in (-24.0, -16.0, -8.0, 8.0, 16.0, 24.0):
+                Ra = _rodrigues(axis * math.radians(deg))
+                R0 = base["R"] @ Ra
+                t0 = base["R"] @ centre + base["t"] - R0 @ centre
+                Ri, ti, _ = icp_point_to_plane(R0, t0, Xl, geom, 2 * tol, tol, 5, K=K_crop)
+                chk = self.depth_check(Ri, ti, K_crop, depth_crop, Xm, P, Q, rgb_crop)
+                chk["R"], chk["t"] = Ri, ti
+                chk["T_before"] = np.concatenate([R0, t0[:, None]], 1)
+                chk["hypothesis"] = -1 - len(cands)
+                chk["score"] = self._geometric_score(chk)
+                if chk["score"] > win["score"]:
+                    cands.append(chk)
+                    win = chk
+        return {"hypotheses": cands, "chosen": win["hypothesis"], "check": win, "searched": True}
+
+    def _equivalent(self, a: dict, b: dict, max_deg: float, max_dist: float) -> bool:
+        """Whether two poses are the same up to the object's symmetries (metadata) within the bounds."""
+        from gs2pose_ros.posenet.evaluate import symmetric_rotation_error_deg
+
+        m = self.metadata
+        if float(np.linalg.norm(a["t"] - b["t"])) >= max_dist:
+            return False
+        return symmetric_rotation_error_deg(a["R"], b["R"], m.symmetries_continuous, m.symmetries_discrete) < max_deg
+
+    def _depth_confidence(self, details: dict) -> tuple:
+        """``(agreement, confidence)`` of the chosen depth hypothesis (see the module docstring)."""
+        chk = details["check"]
+        diam = self.metadata.diameter
+        cons = chk["match"] / max(chk["match"] + chk["violation"], 1e-9)
+        a_cons = float(np.clip((cons - 0.7) / 0.25, 0.0, 1.0))
+        a_support = float(np.clip(chk["match"] / 0.35, 0.0, 1.0))
+        a_nocs = 1.0 if details.get("searched") else float(np.clip(chk["nocs"] / 0.15, 0.0, 1.0))
+        a_colour = 1.0 if math.isnan(chk["colour"]) else float(np.clip((chk["colour"] - 0.6) / 0.2, 0.0, 1.0))
+        # another pose, outside the success region of the chosen one, that explains the data about as
+        # well (e.g. a flipped near-symmetric object) makes the choice a coin toss
+        rival = max((o["score"] for o in details["hypotheses"] if not self._equivalent(o, chk, 15.0, 0.1 * diam)),
+                    default=0.0)
+        amb = rival / max(chk["score"], 1e-12)
+        a_amb = float(np.clip(2.0 * (1.0 - amb), 0.0, 1.0))
+        agreement = a_cons * a_support
+        details["confidence_terms"] = {"consistency": a_cons, "support": a_support, "nocs": a_nocs,
+                                       "colour": a_colour, "unambiguous": a_amb}
+        return agreement, float(np.clip(agreement * a_nocs * a_colour * a_amb, 0.0, 1.0))
+
+    def depth_check(self, R, t, K_crop, depth_crop, X_mask, P, Q, rgb_crop=None) -> dict:
+        """How well the pose explains the depth: the model's visible points (z-buffered, half the crop
+        resolution) against the observed depth at their pixels, the mask's observed points against the
+        model surface, and the NOCS correspondences' residuals.
+
+        Returns ``match`` (fraction of visible model points with a depth reading within the tolerance),
+        ``violation`` (fraction seen *through*: the reading lies beyond the model surface), ``fit``
+        (fraction of the mask's points within the tolerance of the model surface), ``nocs`` (fraction
+        of correspondences within 2x the RANSAC threshold) and ``score``.
+        """
+        geom = self.geometry
+        diam = self.metadata.diameter
+        tol = self.depth_tolerance * diam
+        S = depth_crop.shape[0]
+        pc = geom.points @ R.T + t
+        zc = pc[:, 2]
+        front = zc > 1e-3
+        u = K_crop[0, 0] * pc[:, 0] / np.maximum(zc, 1e-3) + K_crop[0, 2]
+        v = K_crop[1, 1] * pc[:, 1] / np.maximum(zc, 1e-3) + K_crop[1, 2]
+        inside = front & (u >= 0) & (u < S) & (v >= 0) & (v < S)
+        res = {"match": 0.0, "violation": 1.0, "fit": 0.0, "nocs": 0.0, "colour": float("nan"), "visible": 0,
+               "score": 0.0}
+        if inside.sum() < 10:
+            return res
+        ui, vi, zi = u[inside].astype(int), v[inside].astype(int), zc[inside]
+        vis = visible_points(pc, K_crop, tol)[inside]
+        obs = depth_crop[vi, ui].astype(np.float64)
+        have = vis & (obs > 0)
+        n = max(int(have.sum()), 1)
+        match = (np.abs(obs - zi) < tol) & have
+        viol = (obs > zi + tol) & have
+        res["visible"] = int(vis.sum())
+        res["match"] = float(match.sum() / n)
+        res["violation"] = float(viol.sum() / n)
+        if len(X_mask):
+            qo = (X_mask - t) @ R
+            d, _ = geom.tree.query(qo, distance_upper_bound=tol)
+            res["fit"] = float(np.isfinite(d).mean())
+        if len(P):
+            r = np.linalg.norm(P @ R.T + t - Q, axis=1)
+            res["nocs"] = float((r < 2 * self.inlier_threshold * diam).mean())
+        if rgb_crop is not None and geom.colors is not None and match.sum() >= 20:
+            # texture check: the model's colours against the image at the depth-confirmed points,
+            # as a correlation (invariant to the light's gain and offset); a flipped pose of a
+            # near-symmetric shape puts the wrong print on the visible faces
+            mc = geom.colors[np.nonzero(inside)[0][match]]
+            oc = rgb_crop[vi[match], ui[match]].astype(np.float64) / 255.0
+            mc = mc - mc.mean(0)
+            oc = oc - oc.mean(0)
+            den = math.sqrt(float((mc * mc).sum()) * float((oc * oc).sum()))
+            if den > 1e-9 and float(mc.std(0).max()) > 0.03:  # the visible part has some texture
+                res["colour"] = 0.5 * (1.0 + float((mc * oc).sum()) / den)
+        colour = 0.75 if math.isnan(res["colour"]) else res["colour"]  # no texture to compare: neutral
+        res["score"] = res["match"] * (1.0 - res["violation"]) * res["fit"] * res["nocs"] * colour
+        return res
 
     def _agreement(self, T, K_crop, mask, proj) -> float:
         S = mask.shape[0]

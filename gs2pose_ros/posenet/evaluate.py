@@ -148,7 +148,8 @@ def summarize(results: list, diameter: float, max_re_deg: float = 15.0, max_te_d
     te = np.array([r.te_m for r in results]) / diameter
     add = np.array([r.add for r in results]) / diameter
     conf = np.array([r.confidence for r in results])
-    pct = lambda a: {f"p{q}": float(np.percentile(a, q)) for q in (10, 25, 50, 75, 90, 95)}  # noqa: E731
+    pct = lambda a: {**{f"p{q}": float(np.percentile(a, q)) for q in (10, 25, 50, 75, 90, 95)},  # noqa: E731
+                     "max": float(np.max(a))}
     out = {
         "frames": n,
         "found": int(sum(r.found for r in results)),
@@ -160,9 +161,22 @@ def summarize(results: list, diameter: float, max_re_deg: float = 15.0, max_te_d
         "mean_seconds": float(np.mean([r.seconds for r in results])),
         "confidence_success_mean": float(conf[ok].mean()) if ok.any() else float("nan"),
         "confidence_failure_mean": float(conf[~ok].mean()) if (~ok).any() else float("nan"),
+        "confidence_success_p10": float(np.percentile(conf[ok], 10)) if ok.any() else float("nan"),
+        "confidence_failure_max": float(conf[~ok].max()) if (~ok).any() else float("nan"),
+        # probability that a random success scores higher than a random failure (ties count half)
+        "confidence_auc": _auc(conf[ok], conf[~ok]),
+        "confidence_above": {str(th): {"successes": float((conf[ok] > th).mean()) if ok.any() else float("nan"),
+                                       "failures": float((conf[~ok] > th).mean()) if (~ok).any() else float("nan")}
+                             for th in (0.2, 0.3, 0.5)},
         "methods": {m: int(sum(r.method == m for r in results)) for m in sorted({r.method for r in results})},
     }
     return out
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
 
 
 def results_table(results: list) -> list:
