@@ -320,13 +320,12 @@ def test_depth_stage_corrects_noisy_nocs_and_scores_it_confidently():
     assert plain.T_cam_obj is not None and "check" not in plain.details
 
 
-def test_depth_check_prefers_the_true_pose_over_a_flip():
-    """A 180-degree turn of the box about its own axis fits the depth equally well; the NOCS and
-    the texture (the faces' colours) tell them apart."""
+def _box_view(rng):
+    """The _meta() box at a random rotation 0.45 m away, 64x64 px: (meta, T, K, perfect prediction,
+    depth, model, rendered colour uint8 HxWx3)."""
     from gs2pose_ros.render import render
 
     meta = _meta()
-    rng = np.random.default_rng(14)
     T = np.eye(4)
     T[:3, :3] = _rot(rng)
     T[:3, 3] = [0.0, 0.0, 0.45]
@@ -334,7 +333,13 @@ def test_depth_check_prefers_the_true_pose_over_a_flip():
     pred, depth, model = _prediction_from_pose(meta, T, K)
     with torch.no_grad():
         rgb = render(model, torch.tensor(T, dtype=torch.float32), torch.tensor(K, dtype=torch.float32), 64, 64).color
-    rgb = (rgb.clamp(0, 1).numpy() * 255).astype(np.uint8)
+    return meta, T, K, pred, depth, model, (rgb.clamp(0, 1).numpy() * 255).astype(np.uint8)
+
+
+def test_depth_check_prefers_the_true_pose_over_a_flip():
+    """A 180-degree turn of the box about its own axis fits the depth equally well; the NOCS and
+    the texture (the faces' colours) tell them apart."""
+    meta, T, K, pred, depth, model, rgb = _box_view(np.random.default_rng(14))
     est = _estimator(meta, model)
     v, u = np.nonzero(pred["mask"] > 0.5)
     z = depth[v, u].astype(np.float64)
@@ -446,20 +451,11 @@ def test_summary_reports_the_confidence_separation():
 def test_search_finds_the_pose_when_the_nocs_mean_nothing():
     """An under-trained network: a good mask, random NOCS. The orientation search on the depth
     (with the texture deciding between the box's look-alike orientations) still finds the pose."""
-    from gs2pose_ros.render import render
-
-    meta = _meta()
     rng = np.random.default_rng(15)
-    T = np.eye(4)
-    T[:3, :3] = _rot(rng)
-    T[:3, 3] = [0.0, 0.0, 0.45]
-    K = np.array([[200.0, 0, 32], [0, 200, 32], [0, 0, 1]])
-    pred, depth, model = _prediction_from_pose(meta, T, K)
-    with torch.no_grad():
-        rgb = render(model, torch.tensor(T, dtype=torch.float32), torch.tensor(K, dtype=torch.float32), 64, 64).color
+    meta, T, K, pred, depth, model, rgb = _box_view(rng)
     junk = dict(pred)
     junk["nocs"] = rng.random(pred["nocs"].shape)
-    junk["rgb"] = (rgb.clamp(0, 1).numpy() * 255).astype(np.uint8)
+    junk["rgb"] = rgb
     pose = _estimator(meta, model).pose_from_prediction(junk, K, depth)
     assert pose.details.get("searched")
     assert _angle_deg(pose.T_cam_obj[:3, :3], T[:3, :3]) < 3.0
