@@ -9,8 +9,9 @@ Usage (from the repository root):
 Scene: gs2pose_ros.gaussians.procedural_box_model(N) (a textured 8x6x5 cm box, flat Gaussians)
 0.3 m in front of the camera, K scaled so the box fills ~80% of the crop. One step = render at
 se3_exp(xi) @ T0 with xi, sh and opacity_logits requiring grad, L1 loss against a target image
-(plus the alpha sum), backward. Reports median/p90/min over --reps after --warmup, the dense
-reference on the same scene with --ref-reps, and a per-stage breakdown; prints a markdown table.
+(plus the alpha sum), backward. Reports median/p90/min wall time over --reps after --warmup (and
+the median process CPU time, see timed()), the dense reference on the same scene with --ref-reps,
+and a per-stage breakdown; prints a markdown table.
 """
 
 from __future__ import annotations
@@ -58,16 +59,20 @@ def step(model, K, T0, target, size, backend):
 
 
 def timed(fn, reps, warmup, device):
+    """-> (wall ms, process CPU ms) of each run. On a shared machine the CPU time (all threads of
+    this process) leaves out the waits for a core; with one thread it is close to the wall time of
+    an idle machine (cache contention from the other jobs remains)."""
     for _ in range(warmup):
         fn()
     sync(device)
-    ts = []
+    ts, cs = [], []
     for _ in range(reps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         sync(device)
         ts.append((time.perf_counter() - t) * 1e3)
-    return ts
+        cs.append((time.process_time() - c) * 1e3)
+    return ts, cs
 
 
 def stats(ts):
@@ -78,8 +83,9 @@ def stats(ts):
 
 def breakdown(model, K, T0, target, size, reps):
     """Manual timers per stage of the CPU backend (medians, ms); mirrors cpu.rasterize_cpu."""
-    names = ["project (fwd)", "pairs: enumerate + sort", "composite fwd", "finish + loss",
-             "composite bwd", "projection + SH + twist bwd"]
+    names = ["project (fwd)", "pairs: spans, alpha, counting sort by pixel",
+             "composite fwd: transmittance, drop stopped pairs, CSR product", "finish + loss",
+             "composite bwd (hand-written, CSC products)", "projection + SH + twist bwd"]
     acc = {k: [] for k in names}
     for _ in range(reps):
         xi = torch.zeros(6, requires_grad=True)
@@ -89,7 +95,7 @@ def breakdown(model, K, T0, target, size, reps):
         proj = _common.project(m, T, Kt, size, size)
         t1 = time.perf_counter()
         _, args = cpu.composite_inputs(proj)
-        Gt, feats = args[0], args[1]
+        Gt, feats = args[0], args[1]  # (G, feats, pairs): see cpu._Composite
         t2 = time.perf_counter()
         a, al, _ = cpu._Composite.apply(*args)
         t3 = time.perf_counter()
@@ -124,15 +130,16 @@ def main(argv=None):
     backend = "gsplat" if dev == "cuda" else "cpu"
     load0 = os.getloadavg()
     out = step(model, K, T0, target, args.size, backend)
-    ts = timed(lambda: step(model, K, T0, target, args.size, backend), args.reps, args.warmup, dev)
+    ts, cs = timed(lambda: step(model, K, T0, target, args.size, backend), args.reps, args.warmup,
+                   dev)
     med, p90, mn = stats(ts)
-    rows = [(f"{backend} fwd+bwd", med, p90, mn, args.reps)]
+    rows = [(f"{backend} fwd+bwd", med, p90, mn, statistics.median(cs), args.reps)]
     ref = None
     if args.ref_reps and dev == "cpu":
-        rts = timed(lambda: step(model, K, T0, target, args.size, "reference"), args.ref_reps, 0,
-                    dev)
+        rts, rcs = timed(lambda: step(model, K, T0, target, args.size, "reference"),
+                         args.ref_reps, 0, dev)
         ref = stats(rts)
-        rows.append(("dense reference fwd+bwd", *ref, args.ref_reps))
+        rows.append(("dense reference fwd+bwd", *ref, statistics.median(rcs), args.ref_reps))
     bd = breakdown(model, K, T0, target, args.size, max(5, args.reps // 3)) if dev == "cpu" else {}
     load1 = os.getloadavg()
     print(f"# Renderer benchmark: {args.n} Gaussians, {args.size}x{args.size} px, device {dev}")
@@ -144,10 +151,10 @@ def main(argv=None):
         print(f"- contributing Gaussian-pixel pairs: {out.num_pairs}, mean alpha "
               f"{float(out.alpha.detach().mean()):.2f}")
     print()
-    print("| what | median ms | p90 ms | min ms | runs |")
-    print("|---|---|---|---|---|")
-    for name, a, b, c, n in rows:
-        print(f"| {name} | {a:.1f} | {b:.1f} | {c:.1f} | {n} |")
+    print("| what | median ms | p90 ms | min ms | median CPU ms | runs |")
+    print("|---|---|---|---|---|---|")
+    for name, a, b, c, d, n in rows:
+        print(f"| {name} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} | {n} |")
     if ref:
         print(f"\nspeed-up of the CPU backend over the dense reference (medians): "
               f"{ref[0] / med:.0f}x")

@@ -143,6 +143,20 @@ def test_autograd_composite_matches_hand_written_backward():
     assert_grads_close(results[0], results[1])
 
 
+def test_torch_path_matches_scipy_path(monkeypatch):
+    """Off the CPU the counting sort and the transposed products run in torch; same results."""
+    from gs2pose_ros.render import cpu
+
+    model = random_scene(n=150, seed=5, degree=1, max_opacity=0.9999)  # also the 0.999 clamp
+    a, ga = render_with_grads("cpu", model, T_SCENE, K_SMALL, W_SMALL, H_SMALL)
+    monkeypatch.setattr(cpu, "USE_SCIPY", False)
+    b, gb = render_with_grads("cpu", model, T_SCENE, K_SMALL, W_SMALL, H_SMALL)
+    torch.testing.assert_close(a.color, b.color, rtol=0, atol=FWD_ATOL)
+    torch.testing.assert_close(a.alpha, b.alpha, rtol=0, atol=FWD_ATOL)
+    assert torch.equal(a.num_pixels, b.num_pixels) and a.num_pairs == b.num_pairs
+    assert_grads_close(ga, gb)
+
+
 def test_pose_gradient_matches_finite_differences():
     model = random_scene(n=40, seed=7, degree=1, dtype=torch.float64, max_opacity=0.9)
     K = K_SMALL.double()

@@ -1,240 +1,434 @@
-"""Pure-PyTorch sparse rasteriser: only the Gaussian-pixel pairs inside each footprint.
+"""Sparse CPU rasteriser: only the Gaussian-pixel pairs inside each footprint.
 
-Stages (all vectorised; their timings are in docs/benchmarks.md):
+Stages (their timings are in docs/benchmarks.md, "Renderer"):
 
 1. ``project`` (shared, differentiable): cull, EWA projection, conics, opacity-aware 3-sigma boxes.
-2. ``_pairs`` (no grad): Gaussians sorted by depth. Each Gaussian's box is cut into rows
-   ("spans"); on each row the pixels where ``alpha >= ALPHA_MIN`` form an interval, solved in
-   closed form from the conic (a quadratic in the pixel offset) and widened by ``SPAN_SLACK`` px so
-   it is a superset. Only those pixels are enumerated (two ``repeat_interleave``: Gaussian -> rows
-   -> pixels), so pairs below the alpha threshold are never materialised; the exact per-pair test
-   is repeated in stage 3. A stable sort by pixel id gives (pixel, depth) order.
-3. ``_Composite`` (differentiable): alpha of each pair from the per-Gaussian 2D means, conics and
-   opacities; transmittance by a segmented exclusive cumulative sum of ``log(1 - alpha)`` in
-   float64 (float32 loses the small terms of long sums); pairs at/after each pixel's ``T_MIN`` stop
-   are zeroed; ``w = alpha * T`` times the features is scatter-added into the image. The backward
-   is written by hand (3DGS's back-to-front formulas, vectorised with a reversed segmented sum):
-   faster and lighter than autograd through the gathers, cumsum and scatters
-   (``composite="autograd"`` keeps the autograd version for checks and timing comparisons).
+2. ``_pairs`` (no grad): enumerate, evaluate and order the candidate pairs.
 
-Plain torch, so it runs on any device, but it is meant for the CPU; it respects the caller's
-``torch.set_num_threads``.
+   a. Gaussians sorted by depth. Each Gaussian's box is cut into rows ("spans"); on each row the
+      pixels where ``alpha >= ALPHA_MIN`` form an interval, solved in closed form from the conic (a
+      quadratic in the pixel offset) and widened by ``SPAN_SLACK`` px so it is a superset. Only
+      those pixels are enumerated, in *generation order*: Gaussian (by depth), row, column. In that
+      order every per-span value is a gather by a non-decreasing index and the pixel centre is the
+      span's first one plus a running count, so the alpha of each candidate (with the reference's
+      exact per-pair rule, ``_alpha``) costs about a dozen elementwise passes and no pixel-id
+      arithmetic.
+   b. (pixel, depth) order: the pairs in generation order are a CSR matrix [M, H*W] (rows =
+      Gaussians by depth); the same matrix in CSC form is pixel order, depth order within a pixel.
+      scipy's ``tocsc`` is that stable counting sort, one O(P) pass that also moves ``alpha`` and
+      yields each pair's Gaussian: ~4x faster than torch's radix sort of int16 pixel ids plus the
+      gathers that apply its permutation (kept as the fallback off the CPU).
+
+3. ``_Composite`` (differentiable): transmittance by a segmented exclusive cumulative sum of
+   ``log(1 - alpha)`` in float64 (float32 loses the small terms of long sums); the pairs at/after
+   each pixel's ``T_MIN`` stop get ``T = 0``, and every pair with ``w = alpha T = 0`` is dropped
+   (~30% of the benchmark's candidates) before anything else is done with them. The features and
+   a column of ones (the alpha image) are accumulated by one CSR sparse x dense product (rows =
+   pixels, columns = Gaussians, values ``w``) instead of a gather, a multiply and a scatter per
+   feature. The backward is written by hand (3DGS's back-to-front formulas, vectorised with a
+   reversed segmented sum) in pixel order; every per-Gaussian sum is a product of the transposed
+   matrix (CSC, scipy on the CPU) with a dense per-pixel matrix: ``dL/dacc`` for the feature
+   gradient, and the pixel moments ``(1, px, py, px^2, px py, py^2)`` for the mean, conic and
+   opacity gradients, since the sums ``sum_k u_k dx_k^i dy_k^j`` over a Gaussian's pairs
+   (``u = dL/d(-sigma)``, ``dx = mx - px``) expand into those moments (in float64, which keeps the
+   expansion's cancellation harmless): one pass instead of six scatter-adds.
+   ``composite="autograd"`` keeps an autograd version (pixel order, gathers and scatters, alpha
+   recomputed from G) for checks and timing comparisons.
+
+Measured and left out: culling saturated pairs before the sort with per-depth-chunk sums of
+``log(1 - alpha)`` (at most 24% of the candidates with 64 chunks and exact sums, 3-6% with
+span-level alpha bounds: most alphas are small, median 0.06, so pixels saturate through many faint
+pairs; the scatter and compaction cost about what they save); torch's own CSC product (~30x
+slower than scipy's here: it converts its input) and ``torch.sparse.sampled_addmm`` for
+``dL/dw`` (~10x slower than two 1-D gathers and a multiply-add per feature).
+
+Torch throughout, plus numpy/scipy (dependencies already) on the CPU for the counting sort, one
+compaction and the transposed products. Off the CPU the same steps run with torch's sort and
+sparse products (``USE_SCIPY = False`` runs them on the CPU too; a test compares the two). It
+respects the caller's ``torch.set_num_threads``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import NamedTuple
 
+import numpy as np
+import scipy.sparse
 import torch
 
 from gs2pose_ros.render._common import ALPHA_MAX, ALPHA_MIN, T_MIN, Projected
 
 _LOG_T_MIN = math.log(T_MIN)
 #: Widening of each row's closed-form alpha interval, px: makes the enumerated pairs a superset of
-#: the pairs passing the exact float test (which stage 3 applies), whatever the rounding.
+#: the pairs passing the exact float test (applied right after), whatever the rounding.
 SPAN_SLACK = 1e-3
+#: Use numpy/scipy for the counting sort and the transposed products of CPU tensors (tests turn it
+#: off to check the torch path that other devices take against it).
+USE_SCIPY = True
+
+_CACHE = {}
 
 
-_ARANGE = {}
-
-
-def _arange(n: int, device) -> torch.Tensor:
-    """``torch.arange(n)`` (int64) as a view of a cached, growing buffer (large aranges are slow)."""
-    buf = _ARANGE.get(device)
+def _arange(n: int, device, dtype=torch.int64) -> torch.Tensor:
+    """``torch.arange(n, dtype=dtype)`` as a view of a cached, growing buffer (large aranges are
+    slow). Float buffers hold exact integers below 2**24 (float32): callers check."""
+    key = ("arange", device, dtype)
+    buf = _CACHE.get(key)
     if buf is None or buf.shape[0] < n:
-        buf = torch.arange(max(n, 2 * (0 if buf is None else buf.shape[0]), 1 << 16), device=device)
-        _ARANGE[device] = buf
+        size = max(n, 2 * (0 if buf is None else buf.shape[0]), 1 << 16)
+        buf = torch.arange(size, device=device, dtype=dtype)
+        _CACHE[key] = buf
     return buf[:n]
 
 
-@torch.no_grad()
-def _pairs(proj: Projected):
-    """Enumerates and orders the candidate pairs (see the module docstring).
+def _pixel_moments(width: int, height: int, device) -> torch.Tensor:
+    """[H*W, 6] float64 ``(1, px, py, px^2, px py, py^2)`` of the pixel centres (the last four
+    image sizes are cached)."""
+    key = ("moments", width, height, device)
+    mom = _CACHE.get(key)
+    if mom is None:
+        sizes = [k for k in _CACHE if k[0] == "moments"]
+        for k in sizes[:max(0, len(sizes) - 3)]:
+            del _CACHE[k]
+        py, px = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float64) + 0.5,
+                                torch.arange(width, device=device, dtype=torch.float64) + 0.5,
+                                indexing="ij")
+        px, py = px.reshape(-1), py.reshape(-1)
+        mom = torch.stack([torch.ones_like(px), px, py, px * px, px * py, py * py], dim=1)
+        _CACHE[key] = mom
+    return mom
 
-    Returns (order [M] depth order of the projected rows, gi [P] index into ``order``-sorted rows,
-    pix [P] pixel id (v * W + u), first [P] index of the first pair of the same pixel), with pairs
-    sorted by (pixel, depth).
+
+def _scipy(t: torch.Tensor) -> bool:
+    return USE_SCIPY and t.device.type == "cpu"
+
+
+def _flatnonzero(mask: torch.Tensor) -> torch.Tensor:
+    """int64 indices of the true entries of a 1-D bool tensor (numpy's on the CPU: ~15x faster
+    than ``torch.nonzero``)."""
+    if _scipy(mask):
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return torch.nonzero(mask).squeeze(1)
+
+
+def _torch_sparse(layout_fn, ptr, idx, values, size):
+    with warnings.catch_warnings():  # "Sparse CSR/CSC tensor support is in beta state" (once)
+        warnings.simplefilter("ignore", UserWarning)
+        return layout_fn(ptr, idx, values, size=size, check_invariants=False)
+
+
+class Pairs(NamedTuple):
+    """The candidate Gaussian-pixel pairs of one view in (pixel, depth) order (no grad).
+
+    Gaussians are numbered by depth rank. ``alpha`` comes from the detached projection; it is the
+    clamped alpha of each pair (0 where the reference skips it), before the ``T_MIN`` stop.
     """
-    W, H = proj.width, proj.height
-    dev = proj.means2d.device
-    order = torch.argsort(proj.depths.detach(), stable=True)
+
+    width: int
+    height: int
+    pix_ptr: torch.Tensor  # [H*W + 1] first pair of each pixel (int32 or int64, as gi)
+    gi: torch.Tensor  # [P] Gaussian of each pair
+    pix: torch.Tensor  # [P] pixel id v * W + u of each pair (non-decreasing)
+    alpha: torch.Tensor  # [P]
+
+    @property
+    def n_pix(self) -> int:
+        return self.width * self.height
+
+
+def _index_dtype(*sizes: int):
+    return torch.int32 if max(sizes) < 2**31 else torch.int64
+
+
+def _empty_pairs(width: int, height: int, dtype, device) -> Pairs:
+    i = torch.zeros(0, dtype=torch.int32, device=device)
+    return Pairs(width, height, torch.zeros(width * height + 1, dtype=torch.int32, device=device),
+                 i, i, torch.zeros(0, dtype=dtype, device=device))
+
+
+def _sigma(dx, a2, b_dy, c2_dy2):
+    """``sigma = a/2 dx^2 + b dx dy + c/2 dy^2``, given ``a2 = a/2``, ``b_dy = b dy`` and ``c2_dy2 =
+    c/2 dy dy`` (per span in the fast path, per pair in the autograd one: the same float ops).
+    Overwrites ``b_dy`` and ``c2_dy2`` (fresh gathers in both callers; autograd allows it)."""
+    return c2_dy2.addcmul_(b_dy.addcmul_(a2, dx), dx)
+
+
+def _float_info(dtype):
+    """(largest float < ALPHA_MIN, largest float < 0) of ``dtype``."""
+    np_t = np.float32 if dtype == torch.float32 else np.float64
+    return (float(np.nextafter(np_t(ALPHA_MIN), np_t(0))), float(np.nextafter(np_t(0), np_t(-1))))
+
+
+def _alpha(sigma, opacity, inplace: bool = False):
+    """``min(opacity exp(-sigma), ALPHA_MAX)``, 0 where the reference skips the pair: ``sigma < 0``
+    (rounding, on thin Gaussians) and ``alpha < ALPHA_MIN``. Branch-free, each in one pass:
+    ``threshold(x, t, v)`` keeps ``x > t`` and puts ``v`` elsewhere, so a negative sigma becomes 80
+    (exp(-80) ~ 1e-35 < ALPHA_MIN; finite, so no inf * 0 in the autograd version's backward), and
+    ``t`` is the float just below ``ALPHA_MIN`` to keep ``alpha >= ALPHA_MIN``. ``opacity /
+    exp(sigma)`` saves a negation over ``opacity * exp(-sigma)``. ``inplace`` (no autograd):
+    overwrite ``sigma`` instead of allocating four more arrays."""
+    below_min, below_zero = _float_info(sigma.dtype)
+    if inplace:
+        e = torch.nn.functional.threshold_(sigma, below_zero, 80.0).exp_()
+        araw = torch.nn.functional.threshold_(torch.div(opacity, e, out=e), below_min, 0.0)
+        return araw.clamp_max_(ALPHA_MAX)
+    sigma = torch.nn.functional.threshold(sigma, below_zero, 80.0)
+    araw = torch.nn.functional.threshold(opacity / torch.exp(sigma), below_min, 0.0)
+    return torch.clamp_max(araw, ALPHA_MAX)
+
+
+def _pixel_order(gauss_ptr, pix_gen, alpha, width: int, height: int) -> Pairs:
+    """Stable counting sort of the pairs by pixel: generation order (a CSR matrix [M, H*W] with
+    row pointers ``gauss_ptr``, column ``pix_gen`` and values ``alpha``) -> pixel order (CSC)."""
+    n_pix, m, n = width * height, gauss_ptr.shape[0] - 1, alpha.shape[0]
+    if _scipy(alpha):
+        csc = scipy.sparse.csr_matrix((alpha.numpy(), pix_gen.numpy(), gauss_ptr.numpy()),
+                                      shape=(m, n_pix)).tocsc()
+        pix_ptr, gi = torch.from_numpy(csc.indptr), torch.from_numpy(csc.indices)
+        alpha = torch.from_numpy(csc.data)
+    else:  # torch's stable sort of integers is a radix sort: its cost grows with the key's width
+        kdt = torch.int16 if n_pix <= 2**15 else torch.int32 if n_pix <= 2**31 else torch.int64
+        pix_sorted, perm = torch.sort(pix_gen.to(kdt), stable=True)
+        pix_ptr = torch.searchsorted(pix_sorted, torch.arange(n_pix + 1, device=alpha.device))
+        gi = torch.repeat_interleave(torch.diff(gauss_ptr), output_size=n)
+        gi, alpha, pix_ptr = gi.index_select(0, perm), alpha.index_select(0, perm), pix_ptr.to(gi)
+    pix = torch.repeat_interleave(torch.diff(pix_ptr), output_size=n)  # [P] pixel id
+    return Pairs(width, height, pix_ptr, gi, pix, alpha)
+
+
+def _gaussian_sums(pairs: Pairs, values, dense, m: int) -> torch.Tensor:
+    """[M, K]: for each Gaussian, the sum over its pairs k of ``values_k * dense[pixel_k]``
+    (``dense`` [H*W, K]): the product of the transposed pixel-order matrix, a CSC [M, H*W]."""
+    dense = dense.to(values.dtype).contiguous()
+    if _scipy(values):
+        csc = scipy.sparse.csc_matrix((values.numpy(), pairs.gi.numpy(), pairs.pix_ptr.numpy()),
+                                      shape=(m, pairs.n_pix))
+        return torch.from_numpy(np.asarray(csc @ dense.numpy()))
+    s = _torch_sparse(torch.sparse_csc_tensor, pairs.pix_ptr, pairs.gi, values, (m, pairs.n_pix))
+    return s @ dense
+
+
+@torch.no_grad()
+def _pairs(G: torch.Tensor, ry: torch.Tensor, width: int, height: int) -> Pairs:
+    """Enumerates, evaluates and orders the candidate pairs (see the module docstring).
+
+    G [6, M] = (mx, my, na, nb, nc, opacity) of the Gaussians in depth order (see _Composite);
+    ry [M] their box half-heights, px.
+    """
+    W, H = width, height
+    dev, dt = G.device, G.dtype
+    m = G.shape[1]
+    if m == 0:
+        return _empty_pairs(W, H, dt, dev)
+    idt = _index_dtype(W * H, m)
+    # -- spans, float64: the closed-form intervals must be supersets whatever the rounding
     f64 = torch.float64
-    m2d = proj.means2d.detach().to(f64).index_select(0, order)
-    con = proj.conics.detach().to(f64).index_select(0, order)
-    opa = proj.opacities.detach().to(f64).index_select(0, order)
-    ry = proj.radii[:, 1].to(f64).index_select(0, order)
-    mx, my = m2d[:, 0], m2d[:, 1]
-    a, b, c = con[:, 0], con[:, 1], con[:, 2]
+    mx, my, na, nb, nc, opa = G.to(f64).unbind(0)
+    ryd = ry.to(f64)
     # rows of each Gaussian's box: centre v + 0.5 in [my - ry, my + ry]
-    y0 = torch.clamp(torch.ceil(my - ry - 0.5), min=0)
-    y1 = torch.clamp(torch.floor(my + ry - 0.5), max=H - 1)
+    y0 = torch.clamp(torch.ceil(my - ryd - 0.5), min=0)
+    y1 = torch.clamp(torch.floor(my + ryd - 0.5), max=H - 1)
     bh = torch.clamp_min(y1 - y0 + 1, 0).long()
     n_spans = int(bh.sum())
     sg = torch.repeat_interleave(bh, output_size=n_spans)
-    hstart = torch.cumsum(bh, 0) - bh
-    row = y0.index_select(0, sg) + (torch.arange(n_spans, device=dev) - hstart.index_select(0, sg))
-    # on a row: alpha >= ALPHA_MIN <=> 0.5 a dx^2 + (b dy) dx + 0.5 c dy^2 <= ln(opacity / ALPHA_MIN)
-    dy = my.index_select(0, sg) - (row + 0.5)
-    A = a.index_select(0, sg)
-    q1 = b.index_select(0, sg) * dy
-    thr = torch.log(opa.index_select(0, sg) / ALPHA_MIN) - 0.5 * c.index_select(0, sg) * dy * dy
-    disc = q1 * q1 + 2.0 * A * thr
+    # per-Gaussian terms first, then one gather each. On a row, with dx = mx - (u + 0.5):
+    # alpha >= ALPHA_MIN <=> a/2 dx^2 + (b dy) dx + c/2 dy^2 <= ln(opacity / ALPHA_MIN) =: L, i.e.
+    # dx in [(-q1 - root) / a, (-q1 + root) / a], q1 = b dy, root = sqrt(q1^2 + 2 a (L - c/2 dy^2))
+    first = y0 - (torch.cumsum(bh, 0) - bh)  # row = first + span index
+    row = first.index_select(0, sg) + _arange(n_spans, dev, f64)
+    dy = (my - 0.5).index_select(0, sg) - row
+    A = (-2.0 * na).index_select(0, sg)
+    q1 = (-nb).index_select(0, sg) * dy
+    thr = torch.addcmul(torch.log(opa / ALPHA_MIN).index_select(0, sg),
+                        nc.index_select(0, sg) * dy, dy)  # L - c/2 dy^2
+    disc = torch.addcmul(q1 * q1, A, thr, value=2.0)
     root = torch.sqrt(torch.clamp_min(disc, 0.0))
-    dx_lo = (-q1 - root) / A
-    dx_hi = (-q1 + root) / A
-    mxs = mx.index_select(0, sg)
-    # dx = mx - (u + 0.5) in [dx_lo, dx_hi]  <=>  u in [mx - dx_hi - 0.5, mx - dx_lo - 0.5]
-    xs = torch.clamp(torch.ceil(mxs - dx_hi - 0.5 - SPAN_SLACK), min=0)
-    xe = torch.clamp(torch.floor(mxs - dx_lo - 0.5 + SPAN_SLACK), max=W - 1)
-    bw = torch.where(disc >= 0, torch.clamp_min(xe - xs + 1, 0), torch.zeros_like(xe)).long()
-    n_pairs = int(bw.sum())
-    ps = torch.repeat_interleave(bw, output_size=n_pairs)
+    # u in [mx - 0.5 - (root - q1) / a, mx - 0.5 + (root + q1) / a], widened by SPAN_SLACK
+    xs = torch.clamp(torch.ceil((mx - 0.5 - SPAN_SLACK).index_select(0, sg) - (root - q1) / A),
+                     min=0)
+    xe = torch.clamp(torch.floor((mx - 0.5 + SPAN_SLACK).index_select(0, sg) + (root + q1) / A),
+                     max=W - 1)
+    bw = torch.clamp_min(xe - xs + 1, 0).masked_fill_(disc < 0, 0).long()
+    n = int(bw.sum())
+    if n == 0:
+        return _empty_pairs(W, H, dt, dev)
     wstart = torch.cumsum(bw, 0) - bw
-    span_pix0 = (row * W + xs).long() - wstart  # pixel id of the span's first pair, minus its offset
-    pix = span_pix0.index_select(0, ps) + _arange(n_pairs, dev)
-    gi = sg.index_select(0, ps)
-    # (pixel, depth) order: pairs were generated in depth order; a stable sort by pixel keeps it.
-    # torch's CPU stable sort of integers is a radix sort whose cost grows with the key's width.
-    n_pix = H * W
-    kdt = torch.int16 if n_pix <= 2**15 else (torch.int32 if n_pix <= 2**31 else torch.int64)
-    pix_sorted, perm = torch.sort(pix.to(kdt), stable=True)
-    pix = pix_sorted.long()
-    gi = gi.index_select(0, perm)
-    cnt = torch.bincount(pix, minlength=n_pix)
-    end = torch.cumsum(cnt, 0)
-    first = (end - cnt).index_select(0, pix)
-    last = (end - 1).index_select(0, pix)
-    return order, gi, pix, first, last
+
+    # -- per span in the model's dtype: the per-pair float operations are the reference's
+    Gs = G.index_select(1, sg)
+    span_dy = Gs[1] - (row.to(dt) + 0.5)
+    a2, b_dy, c2_dy2 = -Gs[2], -Gs[3] * span_dy, -Gs[4] * span_dy * span_dy  # G: -a/2, -b, -c/2
+    # pixel centre u + 0.5 = (xs + 0.5 - wstart) + (pair index): exact while the float holds it
+    xdt = dt if (dt == f64 or n < 2**22) else f64
+    u0 = (xs + 0.5 - wstart.to(f64)).to(xdt)
+    pix0 = ((row * W + xs).long() - wstart).to(idt)  # span's first pixel id, minus its offset
+
+    # -- candidates in generation order (gathers by the non-decreasing span index)
+    ps = torch.repeat_interleave(bw.to(_index_dtype(n)), output_size=n)  # int32: faster gathers
+    px = u0.index_select(0, ps).add_(_arange(n, dev, xdt)).to(dt)
+    dx = Gs[0].index_select(0, ps).sub_(px)
+    sigma = _sigma(dx, a2.index_select(0, ps), b_dy.index_select(0, ps),
+                   c2_dy2.index_select(0, ps))
+    alpha = _alpha(sigma, Gs[5].index_select(0, ps), inplace=True)
+    pix_gen = pix0.index_select(0, ps).add_(_arange(n, dev, idt))
+    gauss_ptr = torch.zeros(m + 1, dtype=idt, device=dev)
+    torch.cumsum(torch.zeros(m, dtype=torch.int64, device=dev).index_add_(0, sg, bw), 0,
+                 out=gauss_ptr[1:])
+    return _pixel_order(gauss_ptr, pix_gen, alpha, W, H)
 
 
-def _pair_terms(Gt, gi, pxc, pyc):
-    """Per-pair offsets, exp(-sigma) and raw alpha.
+def _transmittance(alpha, pix, pix_ptr):
+    """-> T [P]: the transmittance in front of each pair, 0 at and after the pair where its pixel
+    stops (the one whose inclusive transmittance would be <= ``T_MIN``).
 
-    Gt [6, M] = (mx, my, na, nb, nc, opacity) with (na, nb, nc) = -(a/2, b, c/2) for the conic
-    [[a, b], [b, c]], so that -sigma = na dx^2 + nb dx dy + nc dy^2. Every gather and scatter in
-    this module is one-dimensional: on the CPU, ``index_select``/``index_add_`` of 1-D tensors are
-    several times faster than the same on rows of a narrow 2-D tensor.
+    Pairs in (pixel, depth) order; ``pix_ptr`` [H*W + 1] are the pixels' first pairs. Only the
+    cumulative sum of ``log(1 - alpha)`` (and its differences) is float64: one pair's term is
+    accurate in float32 (``1 - alpha`` rounds as in the reference's product; ``log1p`` of a
+    negative argument is ~5x slower here), a running sum over the whole image is not. The stop is
+    a ``threshold`` to -inf (one branch-free pass; a compare and a masked fill with a mask this
+    irregular cost several times more). Its in-place steps are ones autograd allows (the autograd
+    composite uses it too).
     """
-    mx, my, na, nb, nc, o = (Gt[k].index_select(0, gi) for k in range(6))
-    dx = mx - pxc
-    dy = my - pyc
-    nsig = torch.addcmul(torch.addcmul(na * dx * dx, nc * dy, dy), nb * dx, dy)
-    e = torch.exp(nsig)
-    return dx, dy, e, o * e
+    la = torch.log(torch.rsub(alpha, 1.0))
+    if la.shape[0] == 0:
+        return la
+    cs = torch.cumsum(la, 0, dtype=torch.float64)
+    # running sum before each pixel's first pair (0 for the first pixels)
+    prev = pix_ptr[:-1].long() - 1
+    before = torch.where(prev >= 0, cs.index_select(0, prev.clamp_min(0)), 0.0)
+    incl = cs.sub_(before.index_select(0, pix)).to(alpha.dtype)  # (in place: fewer allocations)
+    return torch.nn.functional.threshold(incl, _LOG_T_MIN, -math.inf).sub_(la).exp_()
 
 
-def _alpha_T(araw, first):
-    """Masked, clamped alpha and exclusive transmittance per pair (pairs sorted by pixel, depth).
+def _contributing(pairs: Pairs, T):
+    """-> (pairs, w = alpha T) without the pairs where ``w = 0`` (at/after their pixel's stop, or
+    below ``ALPHA_MIN``: ~30% of the benchmark's); the rest of the forward and the backward never
+    see them. (``w >= T_MIN * ALPHA_MIN`` elsewhere, so it never underflows to 0.)"""
+    w = pairs.alpha * T
+    mask = w > 0
+    keep = _flatnonzero(mask)
+    if keep.shape[0] == w.shape[0]:
+        return pairs, w
+    # a pixel's kept pairs end where its last pair's running count of kept pairs says
+    end = pairs.pix_ptr[1:].long() - 1
+    kept = torch.cumsum(mask, 0, dtype=pairs.pix_ptr.dtype).index_select(0, end.clamp_min(0))
+    pix_ptr = torch.nn.functional.pad(torch.where(end >= 0, kept, 0), (1, 0))
+    pix = torch.repeat_interleave(torch.diff(pix_ptr), output_size=keep.shape[0])
+    gi, alpha = pairs.gi.index_select(0, keep), pairs.alpha.index_select(0, keep)
+    return pairs._replace(pix_ptr=pix_ptr, gi=gi, pix=pix, alpha=alpha), w.index_select(0, keep)
 
-    Only the cumulative sum (and the differences of its values) is float64: ``log(1 - alpha)`` of
-    one pair is accurate in float32, a sum over the whole image is not.
-    """
-    alpha = torch.clamp_max(araw, ALPHA_MAX).masked_fill_(araw < ALPHA_MIN, 0.0)
-    la = torch.log1p(-alpha)
-    excl = torch.cumsum(la.double(), 0).sub_(la)
-    lT = excl.sub_(excl.index_select(0, first)).to(la.dtype)
-    # the pixel stops at the pair whose inclusive T would be <= T_MIN (then a suffix of the pixel)
-    alpha.masked_fill_((lT + la) <= _LOG_T_MIN, 0.0)
-    return alpha, torch.exp(lT)
 
-
-def _scatter_columns(cols, index, n):
-    out = cols[0].new_zeros(len(cols), n)
-    for k, c in enumerate(cols):
-        out[k].index_add_(0, index, c)
-    return out
+def _with_ones(feats):
+    return torch.cat([feats, feats.new_ones(feats.shape[0], 1)], dim=1)
 
 
 class _Composite(torch.autograd.Function):
-    """(Gt [6, M], featsT [F, M]) -> (accT [F, HW], alpha [HW], used [P] bool); see _pair_terms."""
+    """(G [6, M], feats [M, F], pairs) -> (acc [HW, F], alpha [HW], num_pixels [M] int64).
+
+    G = (mx, my, na, nb, nc, opacity) of the Gaussians in depth order, with (na, nb, nc) =
+    -(a/2, b, c/2) for the conic [[a, b], [b, c]], so that -sigma = na dx^2 + nb dx dy + nc dy^2.
+    ``pairs`` must come from ``_pairs(G.detach(), ...)``: its alphas are G's.
+    """
 
     @staticmethod
-    def forward(ctx, Gt, featsT, gi, pix, first, last, pxc, pyc, n_pix):
-        dx, dy, e, araw = _pair_terms(Gt, gi, pxc, pyc)
-        alpha, T = _alpha_T(araw, first)
-        w = alpha * T
-        used = alpha > 0
-        ctx.mark_non_differentiable(used)
-        # keep only the contributing pairs from here on (pairs after a pixel's T_MIN stop are often
-        # a third of the candidates); `last` is recomputed for the compacted order
-        keep = torch.nonzero(used).squeeze(1)
-        if keep.shape[0] < used.shape[0]:
-            gi, pix, dx, dy, e, araw, alpha, T, w = (
-                t.index_select(0, keep) for t in (gi, pix, dx, dy, e, araw, alpha, T, w))
-            cnt = torch.bincount(pix, minlength=n_pix)
-            last = (torch.cumsum(cnt, 0) - 1).index_select(0, pix)
-        fg = [f.index_select(0, gi) for f in featsT]
-        accT = _scatter_columns([f * w for f in fg], pix, n_pix)
-        a_img = w.new_zeros(n_pix).index_add_(0, pix, w)
-        ctx.save_for_backward(Gt, featsT, gi, pix, last, dx, dy, e, araw, alpha, T, w, *fg)
-        return accT, a_img, used
+    def forward(ctx, G, feats, pairs: Pairs):
+        m, f = feats.shape
+        pairs, w = _contributing(pairs, _transmittance(pairs.alpha, pairs.pix, pairs.pix_ptr))
+        alpha = pairs.alpha
+        if w.shape[0]:
+            s = _torch_sparse(torch.sparse_csr_tensor, pairs.pix_ptr, pairs.gi, w,
+                              (pairs.n_pix, m))
+            out = s @ _with_ones(feats)  # [HW, F + 1]
+        else:
+            out = feats.new_zeros(pairs.n_pix, f + 1)
+        num = torch.bincount(pairs.gi, minlength=m)
+        ctx.mark_non_differentiable(num)
+        ctx.pairs = pairs
+        ctx.save_for_backward(G, feats, alpha, w)
+        return out[:, :f].contiguous(), out[:, f].contiguous(), num
 
     @staticmethod
-    def backward(ctx, g_acc, g_a, _g_used):
-        Gt, featsT, gi, pix, last, dx, dy, e, araw, alpha, T, w, *fg = ctx.saved_tensors
-        m = Gt.shape[1]
-        # dL/dw_k = feat_k . dL/dC_p + dL/dA_p
-        gp = [g.index_select(0, pix) for g in g_acc] if g_acc is not None else None
-        dw = g_a.index_select(0, pix) if g_a is not None else torch.zeros_like(w)
-        if gp is not None:
-            for f, g in zip(fg, gp):
-                dw.addcmul_(f, g)
+    def backward(ctx, g_acc, g_a, _g_num):
+        G, feats, alpha, w = ctx.saved_tensors
+        p: Pairs = ctx.pairs
+        m = G.shape[1]
+        if w.shape[0] == 0:
+            return torch.zeros_like(G), torch.zeros_like(feats), None
+        # dL/dw_k = feat_k . dL/dC_p + dL/dA_p; all-zero columns of dL/dC (outputs the loss does
+        # not use, e.g. depth or NOCS) are skipped
+        dw = g_a.index_select(0, p.pix) if g_a is not None else torch.zeros_like(w)
+        if g_acc is not None:
+            cols = [k for k in range(feats.shape[1]) if g_acc[:, k].any()]
+            fT, gT = feats.t()[cols].contiguous(), g_acc.t()[cols].contiguous()  # 1-D gathers
+            for fk, gk in zip(fT, gT):
+                dw.addcmul_(fk.index_select(0, p.gi), gk.index_select(0, p.pix))
         d_feats = None
         if ctx.needs_input_grad[1]:
-            if gp is None:
-                d_feats = torch.zeros_like(featsT)
-            else:
-                d_feats = _scatter_columns([g.mul_(w) for g in gp], gi, m)
-        d_Gt = None
+            d_feats = (torch.zeros_like(feats) if g_acc is None
+                       else _gaussian_sums(p, w, g_acc, m))
+        d_G = None
         if ctx.needs_input_grad[0]:
-            # dL/dalpha_k = T_k dw_k - (sum over the pixel's later pairs j of w_j dw_j) / (1 - alpha_k)
-            v = w * dw
-            cv = torch.cumsum(v.double(), 0)
-            after = (cv.index_select(0, last) - cv).to(v.dtype)
-            d_alpha = (T * dw).sub_(after.div_(1.0 - alpha))
-            d_alpha.masked_fill_(araw >= ALPHA_MAX, 0.0)  # clamped: no gradient
-            d_o = d_alpha * e
-            d_ns = d_alpha.mul_(araw)  # d(-sigma)
-            q = d_ns * dx
-            r = d_ns * dy
-            s_x, s_y, s_xy = _scatter_columns([q, r, r * dx], gi, m)
-            s_xx, s_yy, s_o = _scatter_columns([q.mul_(dx), r.mul_(dy), d_o], gi, m)
-            # -sigma = na dx^2 + nb dx dy + nc dy^2 with dx = mx - px, dy = my - py
-            na, nb, nc = Gt[2], Gt[3], Gt[4]
-            d_Gt = torch.stack([2.0 * na * s_x + nb * s_y, 2.0 * nc * s_y + nb * s_x,
-                                s_xx, s_xy, s_yy, s_o], dim=0)
-        return d_Gt, d_feats, None, None, None, None, None, None, None
+            # dL/dalpha_k = T_k dw_k - (later w_j dw_j of the pixel) / (1 - alpha_k);
+            # the Gaussians need u = dL/d(-sigma) = dL/dalpha * opacity e = dL/dalpha * alpha below
+            # the clamp (0 where clamped: no gradient), i.e. with v = w dw:
+            # u_k = v_k - (later v of the pixel) * alpha_k / (1 - alpha_k)
+            v = dw.mul_(w)
+            cv = torch.cumsum(v, 0, dtype=torch.float64)
+            last = cv.index_select(0, (p.pix_ptr[1:].long() - 1).clamp_min(0))
+            after = last.index_select(0, p.pix).sub_(cv).to(w.dtype)
+            odds = torch.rsub(alpha, 1.0)
+            u = v.addcmul_(after, torch.div(alpha, odds, out=odds), value=-1.0)
+            if float(G[5].max()) >= ALPHA_MAX:  # else no pair can be clamped
+                u.masked_fill_(alpha >= ALPHA_MAX, 0.0)
+            u = u.double()
+            # sums over each Gaussian's pairs of u dx^i dy^j from the pixel moments (float64)
+            m0, m_x, m_y, m_xx, m_xy, m_yy = _gaussian_sums(
+                p, u, _pixel_moments(p.width, p.height, u.device), m).unbind(1)
+            mx, my, na, nb, nc, o = G.to(torch.float64).unbind(0)
+            s_x, s_y = mx * m0 - m_x, my * m0 - m_y  # sum u dx, sum u dy (dx = mx - px)
+            s_xx = (mx * m0 - 2.0 * m_x) * mx + m_xx
+            s_yy = (my * m0 - 2.0 * m_y) * my + m_yy
+            s_xy = (mx * m0 - m_x) * my - mx * m_y + m_xy
+            # -sigma = na dx^2 + nb dx dy + nc dy^2; dL/dopacity = sum dL/dalpha e = sum u / opacity
+            d_G = torch.stack([2.0 * na * s_x + nb * s_y, 2.0 * nc * s_y + nb * s_x,
+                               s_xx, s_xy, s_yy, m0 / o], dim=0).to(G.dtype)
+        return d_G, d_feats, None
 
 
-def _composite_autograd(Gt, featsT, gi, pix, first, last, pxc, pyc, n_pix):
-    _, _, _, araw = _pair_terms(Gt, gi, pxc, pyc)
-    alpha, T = _alpha_T(araw, first)
+def _composite_autograd(G, feats, pairs: Pairs):
+    """The same composite with autograd through gathers, cumsum and scatters, in pixel order, with
+    alpha recomputed from G: an independent check of _pairs' alphas and of _Composite's backward."""
+    gi, pix, W = pairs.gi, pairs.pix, pairs.width
+    mx, my, na, nb, nc, o = (G[k].index_select(0, gi) for k in range(6))
+    px = (pix % W).to(G.dtype) + 0.5
+    py = torch.div(pix, W, rounding_mode="floor").to(G.dtype) + 0.5
+    dx, dy = mx - px, my - py
+    alpha = _alpha(_sigma(dx, -na, -nb * dy, -nc * dy * dy), o)
+    T = _transmittance(alpha, pix, pairs.pix_ptr)
     w = alpha * T
-    cols = [f.index_select(0, gi) * w for f in featsT] + [w]
-    accT = torch.stack([torch.zeros(n_pix, dtype=w.dtype, device=w.device).index_add(0, pix, c)
-                        for c in cols])
-    return accT[:-1], accT[-1], (alpha > 0).detach()
+    zero = w.new_zeros(pairs.n_pix)
+    cols = [zero.index_add(0, pix, feats[:, k].index_select(0, gi) * w)
+            for k in range(feats.shape[1])]
+    kept = _contributing(pairs._replace(alpha=alpha.detach()), T.detach())[0]
+    num = torch.bincount(kept.gi, minlength=G.shape[1])
+    return torch.stack(cols, dim=1), zero.index_add(0, pix, w), num
 
 
 def composite_inputs(proj: Projected):
-    """-> (order [M], args): the Gaussian-pixel pairs of ``proj`` and the argument tuple of the
-    compositing step, ``(Gt [6, M], featsT [F, M], gi, pix, first, last, pxc, pyc, n_pix)``.
+    """-> (order [M], args): the depth order of ``proj``'s rows and the argument tuple of the
+    compositing step, ``(G [6, M], feats [M, F], pairs)`` (see _Composite, Pairs).
 
     Separate from :func:`rasterize_cpu` so the benchmark can time the stages one by one.
     """
-    W, H = proj.width, proj.height
-    order, gi, pix, first, last = _pairs(proj)
-    dtype, dev = proj.means2d.dtype, proj.means2d.device
-    with torch.no_grad():
-        u = torch.arange(W, device=dev, dtype=dtype) + 0.5
-        v = torch.arange(H, device=dev, dtype=dtype) + 0.5
-        pxc = u.repeat(H).index_select(0, pix)
-        pyc = v.repeat_interleave(W).index_select(0, pix)
+    order = torch.argsort(proj.depths.detach(), stable=True)
     con = proj.conics
-    Gt = torch.stack([proj.means2d[:, 0], proj.means2d[:, 1], -0.5 * con[:, 0], -con[:, 1],
-                      -0.5 * con[:, 2], proj.opacities], dim=0).index_select(1, order)
-    featsT = proj.features.t().index_select(1, order)
-    return order, (Gt, featsT, gi, pix, first, last, pxc, pyc, H * W)
+    G = torch.stack([proj.means2d[:, 0], proj.means2d[:, 1], -0.5 * con[:, 0], -con[:, 1],
+                     -0.5 * con[:, 2], proj.opacities], dim=0).index_select(1, order)
+    feats = proj.features.index_select(0, order)
+    pairs = _pairs(G.detach(), proj.radii[:, 1].index_select(0, order), proj.width, proj.height)
+    return order, (G, feats, pairs)
 
 
 def rasterize_cpu(proj: Projected, composite: str = "function"):
@@ -242,18 +436,14 @@ def rasterize_cpu(proj: Projected, composite: str = "function"):
 
     composite: "function" (hand-written backward, default) or "autograd".
     """
-    order, args = composite_inputs(proj)
-    dtype, dev = proj.means2d.dtype, proj.means2d.device
+    order, (G, feats, pairs) = composite_inputs(proj)
     if composite == "function":
-        accT, a_img, used = _Composite.apply(*args)
+        acc, a_img, num = _Composite.apply(G, feats, pairs)
     elif composite == "autograd":
-        accT, a_img, used = _composite_autograd(*args)
+        acc, a_img, num = _composite_autograd(G, feats, pairs)
     else:
         raise ValueError(f"rasterize_cpu: composite must be 'function' or 'autograd', got "
                          f"{composite!r}")
-    acc = accT.t()
-    m = order.shape[0]
-    num = torch.zeros(m, dtype=torch.int64, device=dev)
-    gi = args[2]  # Gaussian (in depth order) of each pair
-    num[order] = torch.bincount(gi, weights=used.to(dtype), minlength=m).round().long()
-    return acc, a_img, num, int(used.sum())
+    full = torch.zeros_like(num)
+    full[order] = num
+    return acc, a_img, full, int(num.sum())
