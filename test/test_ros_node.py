@@ -405,7 +405,7 @@ def test_pipeline_poses_match_ground_truth(pipeline, monkeypatch):
             fut = client.call_async(Trigger.Request())
             assert spin_until(fut.done, 5.0) and fut.result().success
     finally:
-        rc_node, _, err_node = stop(node)
+        rc_node, _, err_node = stop(node, timeout=45.0)
         stop(replay)
     assert rc_node == 0, err_node[-2000:]
     gt = {stamp_ns(m): convert.pose_to_matrix(m.pose) for m in got["gt"]}
@@ -418,6 +418,7 @@ def test_pipeline_poses_match_ground_truth(pipeline, monkeypatch):
     # Issue 7 asks for >= 95 % here; measured through the node so far: 81-90 % at 2-5 Hz (offline
     # `gs2pose eval` on the same sequence: 97.5 %), so this guards against regressions at the level
     # reached while the gap is investigated (see the issue 7 notes).
+    print(f"pipeline: {good}/{len(got['pose'])} published poses within 0.1 d, {len(got['est'])} estimates")
     assert good >= PIPELINE_MIN_CORRECT * len(got["pose"]), f"{good}/{len(got['pose'])} poses within 0.1 d"
     tfs = [t for msg in got["tf"] for t in msg.transforms]
     assert {stamp_ns(t) for t in tfs} == {stamp_ns(m) for m in got["pose"]}
@@ -444,6 +445,6 @@ def test_pipeline_bad_inputs_keep_the_node_answering(pipeline, monkeypatch, tmp_
                 assert spin_until(lambda: len(est) > n, 60.0), f"node stopped answering after {kw}"
             assert node.poll() is None
     finally:
-        rc, _, err = stop(node)
+        rc, _, err = stop(node, timeout=45.0)
     assert rc == 0, err[-2000:]
     del scene

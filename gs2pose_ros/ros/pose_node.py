@@ -51,6 +51,10 @@ TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durabilit
                     history=HistoryPolicy.KEEP_LAST)
 
 
+#: Seconds close() waits for the frame in progress before giving up.
+CLOSE_TIMEOUT_SEC = 30.0
+
+
 def camera_qos(reliability: str, depth: int) -> QoSProfile:
     """Sensor-data QoS (best effort, keep last) or its reliable variant, for the camera topics."""
     rel = ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort" else ReliabilityPolicy.RELIABLE
@@ -390,11 +394,16 @@ class PoseNode(Node):
 
     # ---- life cycle ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the worker (waits up to 5 s for the frame in progress)."""
+        """Stop the worker, waiting for the frame in progress (up to CLOSE_TIMEOUT_SEC)."""
         self._stop.set()
         self._slot.close()
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=5.0)
+            # A re-detection on a busy CPU can take several seconds. Destroying the node and
+            # shutting rclpy down while the worker is still inside torch aborts the process
+            # ("terminate called without an active exception"), so wait for it to finish.
+            self._worker.join(timeout=CLOSE_TIMEOUT_SEC)
+            if self._worker.is_alive():
+                self.get_logger().error(f"the worker is still busy after {CLOSE_TIMEOUT_SEC:.0f} s; exiting anyway")
 
 
 def main(args=None) -> int:
