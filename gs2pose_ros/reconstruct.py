@@ -91,8 +91,8 @@ class ReconstructionConfig:
     minutes on two CPU cores (docs/reconstruction.md).
     """
 
-    #: Optimisation steps (one view each).
-    iterations: int = 2000
+    #: Optimisation steps (one view each); 3000 cost ~210 s of one core on printed_box.
+    iterations: int = 3000
     #: Side of the square training crops, pixels (tracking renders at similar sizes).
     crop_size: int = 128
     #: Side of the evaluation crops, pixels; 0 = ``crop_size``.
@@ -123,6 +123,12 @@ class ReconstructionConfig:
     #: ``lr_means * lr_means_final`` at the last iteration.
     lr_means: float = 2e-3
     lr_means_final: float = 0.05
+    #: The other learning rates (SH, opacity, scales, quaternions) are constant until
+    #: ``lr_decay_from`` x ``iterations``, then decay exponentially to ``lr_final`` times their
+    #: value at the last iteration (1 = no decay): with one view per step, a constant rate leaves
+    #: the colours jittering from view to view.
+    lr_decay_from: float = 0.7
+    lr_final: float = 0.1
     #: Adam learning rates of the SH DC term (the higher bands get 1/20 of it), opacity logits,
     #: log-scales and quaternions (3DGS's values, a little higher for the short schedule).
     lr_sh: float = 0.01
@@ -146,8 +152,9 @@ class ReconstructionConfig:
     densify_until: float = 0.7
     #: Mean view-space positional gradient above which a Gaussian densifies: the gradient of the
     #: per-pixel mean loss w.r.t. its projected centre (crop pixels), times the crop's pixel count
-    #: (so it does not depend on the crop size). 0.15 densifies about the top 5 % early on.
-    densify_grad_threshold: float = 0.15
+    #: (so it does not depend on the crop size). 0.15 densified about the top 5 % early on; 0.1
+    #: (with 3000 iterations) fills the 20000 cap on printed_box (docs/reconstruction.md).
+    densify_grad_threshold: float = 0.1
     #: The first ``coarse_fraction`` of the iterations render at half the crop size (4x cheaper).
     coarse_fraction: float = 0.5
     #: Gaussians with a largest scale below this (diam.) are cloned, above it split.
@@ -187,6 +194,8 @@ class ReconstructionConfig:
                      "lr_sh", "lr_opacity", "lr_scales", "lr_quats", "densify_grad_threshold"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(0 < self.lr_means_final <= 1, f"lr_means_final must be in (0, 1]")
+        need(0 < self.lr_final <= 1, f"lr_final must be in (0, 1], got {self.lr_final}")
+        need(0.0 <= self.lr_decay_from <= 1.0, f"lr_decay_from must be in [0, 1]")
         need(self.densify_every >= 1, f"densify_every must be >= 1, got {self.densify_every}")
         need(0.0 <= self.densify_until <= 1.0, f"densify_until must be in [0, 1]")
         need(0.0 <= self.coarse_fraction <= 1.0, f"coarse_fraction must be in [0, 1]")
@@ -218,6 +227,10 @@ class ReferenceView:
     ``silhouette`` the alpha target (full silhouette where the scene has ``mask/``, else the
     visible one); ``colour_weight`` 1 where the colour is known (not occluded, inside the image);
     ``depth`` metres with 0 = unusable (no reading, or not inside the visible mask), or None.
+    ``rgb_object``: the object's own colour contribution, premultiplied by its coverage: the image
+    times the *full-resolution* visible mask, then resampled, so a crop pixel on the silhouette
+    edge holds ``coverage x object colour`` and none of the image's background (None: use
+    ``rgb * visib``, which counts the coverage twice where the image background is black).
     """
 
     im_id: int
@@ -232,10 +245,17 @@ class ReferenceView:
     silhouette: torch.Tensor
     colour_weight: torch.Tensor
     depth: Optional[torch.Tensor]
+    rgb_object: Optional[torch.Tensor] = None
 
     @property
     def size(self) -> int:
         return int(self.rgb.shape[0])
+
+    def object_colour(self) -> torch.Tensor:
+        """``[S, S, 3]``: what the object alone contributes to each crop pixel, over black."""
+        if self.rgb_object is not None:
+            return self.rgb_object
+        return self.rgb * self.visib[..., None]
 
 
 def resolve_reference_scene(dataset):
@@ -361,7 +381,9 @@ def load_reference_views(scene, obj_id: int, crop_size: int = 128, crop_padding:
         cam = scene.camera(im_id)
         K_crop = PinholeCamera.from_K(cam.K, W, H).crop(*box, crop_size, crop_size).K
         inter = cv2.INTER_AREA if side > crop_size else cv2.INTER_LINEAR
-        rgb = _crop(scene.rgb(im_id).astype(np.float32) / 255.0, box, crop_size, inter)
+        image = scene.rgb(im_id).astype(np.float32) / 255.0
+        rgb = _crop(image, box, crop_size, inter)
+        rgb_obj = _crop(image * visib[..., None].astype(np.float32), box, crop_size, inter)
         vis_c = _crop(visib.astype(np.float32), box, crop_size, inter)
         inside = _crop(np.ones((H, W), np.float32), box, crop_size, cv2.INTER_NEAREST)
         if full is not None:
@@ -388,6 +410,7 @@ def load_reference_views(scene, obj_id: int, crop_size: int = 128, crop_padding:
             silhouette=torch.from_numpy(np.clip(sil, 0, 1)),
             colour_weight=torch.from_numpy(np.ascontiguousarray(weight)),
             depth=None if depth_c is None else torch.from_numpy(np.ascontiguousarray(depth_c)),
+            rgb_object=torch.from_numpy(np.ascontiguousarray(np.clip(rgb_obj, 0, 1))),
         ))
     if not any_mask:
         raise DatasetError(f"{scene.path}: no masks for object {obj_id} (neither mask_visib/ nor "
@@ -670,13 +693,19 @@ class _Trainer:
                 if st is not None:
                     self.opt.state[p] = st
 
-    def set_means_lr(self, it: int, total: int) -> None:
+    def set_lrs(self, it: int, total: int) -> None:
+        """The learning rates of step ``it``: the means' exponential decay over the whole
+        schedule, the others' from ``lr_decay_from`` on (``ReconstructionConfig``)."""
         c = self.config
         frac = it / max(total - 1, 1)
-        lr = c.lr_means * self.diameter * (c.lr_means_final ** frac)
+        start = c.lr_decay_from
+        late = 0.0 if frac <= start or start >= 1.0 else (frac - start) / (1.0 - start)
+        base = self._lrs()
         for g in self.opt.param_groups:
             if g["name"] == "means":
-                g["lr"] = lr
+                g["lr"] = c.lr_means * self.diameter * (c.lr_means_final ** frac)
+            else:
+                g["lr"] = base["sh_dc" if g["name"] == "sh" else g["name"]] * (c.lr_final ** late)
 
     def step(self) -> None:
         if self._sh_rest_scale is not None:
@@ -827,6 +856,7 @@ def _half_view(v: ReferenceView) -> ReferenceView:
     K[:2] *= 0.5
     h = dataclasses.replace(
         v, K=K, rgb=pool(v.rgb.permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0).contiguous(),
+        rgb_object=pool(v.object_colour().permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0).contiguous(),
         visib=half(v.visib), silhouette=half(v.silhouette),
         colour_weight=(half(v.colour_weight) > 0.99).float(), depth=depth)
     v._half = h
@@ -840,10 +870,9 @@ def _view_tensors(v: ReferenceView, device):
 
 def _train_loss(out, v: ReferenceView, bg: torch.Tensor, config: ReconstructionConfig,
                 model: GaussianModel, diameter: float, device) -> torch.Tensor:
-    rgb = v.rgb.to(device)
     visib = v.visib.to(device)[..., None]
     w = v.colour_weight.to(device)[..., None]
-    target = rgb * visib + bg * (1.0 - visib)
+    target = v.object_colour().to(device) + bg * (1.0 - visib)
     pred = out.color
     # unknown pixels take the render's own value, so neither L1 nor SSIM sees them
     target = torch.where(w > 0, target, pred.detach())
@@ -892,17 +921,18 @@ def evaluate_model_on_views(model: GaussianModel, views: Sequence[ReferenceView]
 
     Pixels compared: the union of the visible silhouette (coverage > 0.5) and the rendered
     silhouette (alpha > 0.5), minus the pixels whose colour is unknown (occluded parts of the
-    full silhouette, crop pixels outside the image). Reference = the input crop times its visible
-    coverage (over black). PSNR from the mean squared error over those pixels and the 3 channels
-    (peak 1); SSIM is the mean of the SSIM map (11 px Gaussian window) over those pixels. Reported
-    values are means over views. An empty ``views`` gives NaNs.
+    full silhouette, crop pixels outside the image). Reference = the object's own colour over
+    black (``ReferenceView.object_colour``: the image masked by the visible silhouette at full
+    resolution, then resampled to the crop). PSNR from the mean squared error over those pixels
+    and the 3 channels (peak 1); SSIM is the mean of the SSIM map (11 px Gaussian window) over
+    those pixels. Reported values are means over views. An empty ``views`` gives NaNs.
     """
     per = []
     for v in views:
         out = _render_view(model, v, 0.0)
         dev = out.color.device
         pred = out.color.clamp(0, 1)
-        ref = v.rgb.to(dev) * v.visib.to(dev)[..., None]
+        ref = v.object_colour().to(dev)
         region = ((v.visib.to(dev) > 0.5) | (out.alpha > 0.5)) & (v.colour_weight.to(dev) > 0)
         if not region.any():
             continue
@@ -944,7 +974,7 @@ def optimise_model(model: GaussianModel, views: Sequence[ReferenceView], config:
         v = views[order.pop()]
         if it < coarse_until and v.size % 2 == 0:
             v = _half_view(v)
-        trainer.set_means_lr(it, total)
+        trainer.set_lrs(it, total)
         T, K = _view_tensors(v, device)
         if config.random_background:
             bg = torch.rand(3, generator=gen).to(device)
@@ -999,6 +1029,8 @@ class ReconstructionResult:
     initial_heldout: Optional[EvaluationResult] = None
     stats: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
+    #: CPU time of the build (all of this process's threads), seconds.
+    cpu_seconds: float = float("nan")
 
     def summary(self) -> str:
         def fmt(e: Optional[EvaluationResult]) -> str:
@@ -1011,7 +1043,8 @@ class ReconstructionResult:
             f"Gaussians     {self.model.num_gaussians} (SH degree {self.model.sh_degree}; "
             f"initialised from {self.init_source})",
             f"views         {self.n_train_views} training, {self.n_heldout_views} held out",
-            f"time          {self.seconds:.1f} s",
+            f"time          {self.seconds:.1f} s wall, {self.cpu_seconds:.1f} s CPU "
+            f"({torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() != 1 else ''})",
             f"train         {fmt(self.train)} (masked)",
             f"held out      {fmt(self.heldout)} (masked)",
         ]
@@ -1062,6 +1095,7 @@ def build_model_from_scene(dataset, obj, config: ReconstructionConfig = Reconstr
     with one scene). Writes ``out_path`` (ply), its metadata JSON and a contact sheet PNG when
     ``out_path`` is given. DatasetError for a scene without the object or without its masks."""
     t0 = time.perf_counter()
+    c0 = time.process_time()
     torch.manual_seed(config.seed)
     scene = resolve_reference_scene(dataset)
     obj_id = resolve_object_id(scene, obj)
@@ -1098,7 +1132,8 @@ def build_model_from_scene(dataset, obj, config: ReconstructionConfig = Reconstr
                          f"({len(train)} views, {config.iterations} iterations, seed {config.seed})")
     seconds = time.perf_counter() - t0
     result = ReconstructionResult(model, meta, source, len(train), len(held), seconds, train_eval,
-                                  held_eval, init_eval, stats)
+                                  held_eval, init_eval, stats,
+                                  cpu_seconds=time.process_time() - c0)
     if out_path is not None:
         out_path = Path(out_path)
         write_gaussian_ply(model, out_path, metadata=meta)
@@ -1144,7 +1179,7 @@ def write_contact_sheet(model: GaussianModel, views: Sequence[ReferenceView], pa
         out = _render_view(model, v, 0.0)
         pred = out.color.clamp(0, 1).cpu().numpy()
         inp = v.rgb.numpy()
-        ref = inp * v.visib.numpy()[..., None]
+        ref = v.object_colour().numpy()
         err = np.clip(np.abs(pred - ref) * 3.0, 0, 1)
         ev = evaluate_model_on_views(model, [v])
         tiles = [inp, pred, err]

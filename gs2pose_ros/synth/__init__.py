@@ -145,6 +145,14 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False)
 
 
+#: Lighting of the reference views (train/000000): ambient plus one directional light whose
+#: direction (unit vector towards the light) is fixed in the *object* frame (z up: from above,
+#: front-left). No shadows. The test sequence has its own drifting world-frame light.
+REF_LIGHT_DIRECTION_OBJ = (0.35, -0.45, 0.82)
+REF_LIGHT_INTENSITY = 0.45
+REF_LIGHT_AMBIENT = 0.6
+
+
 def _render_reference(obj, config: SynthConfig, K, W, H, rng, scene_dir: Path) -> dict:
     from gs2pose_ros.bop import BopSceneWriter
     from gs2pose_ros.synth.raycast import Body, Light
@@ -164,12 +172,17 @@ def _render_reference(obj, config: SynthConfig, K, W, H, rng, scene_dir: Path) -
     dirs = np.stack([rxy * np.cos(ang), rxy * np.sin(ang), z], axis=1)
     scales = (1.0, 1.25, 1.6)
     renderer = FrameRenderer(K, W, H, config.supersample)
-    light = Light(direction=tuple(np.array([-0.3, -0.6, -1.0]) / np.linalg.norm([-0.3, -0.6, -1.0])),
-                  intensity=0.45, ambient=0.6, shadows=False)
+    # The light is fixed in the object frame (like a static object scanned under fixed room
+    # lights), so a surface point looks the same from every view up to the weak highlight and the
+    # camera's vignetting and noise; docs/synthetic_data.md ("Reference views").
+    L_obj = np.asarray(REF_LIGHT_DIRECTION_OBJ, dtype=np.float64)
+    L_obj = L_obj / np.linalg.norm(L_obj)
     with BopSceneWriter(scene_dir, depth_scale=config.depth_scale) as writer, _bar(n, "reference views", config.progress) as bar:
         for i in range(n):
             eye = c + dirs[i] * d_fit * scales[i % len(scales)]
             T_cam_obj = inv_pose(pose(look_at(eye, c), eye))
+            light = Light(direction=tuple(T_cam_obj[:3, :3] @ L_obj), intensity=REF_LIGHT_INTENSITY,
+                          ambient=REF_LIGHT_AMBIENT, shadows=False)
             lab = renderer.render(body, T_cam_obj, [], light)
             depth = apply_depth_noise(lab.depth, lab.albedo, lab.cos_view, config.depth_noise, rng)
             rgb = apply_color_noise(lab.color, config.color_noise, rng)
