@@ -5,12 +5,14 @@ Usage (from the repository root):
     .venv/bin/python bench/bench_render.py                  # CPU backend + dense reference
     .venv/bin/python bench/bench_render.py --threads 1      # one intra-op thread
     .venv/bin/python bench/bench_render.py --device cuda    # gsplat (needs CUDA)
+    .venv/bin/python bench/bench_render.py --torch-path     # CPU backend without numba's kernels
 
 Scene: gs2pose_ros.gaussians.procedural_box_model(N) (a textured 8x6x5 cm box, flat Gaussians)
 0.3 m in front of the camera, K scaled so the box fills ~80% of the crop. One step = render at
 se3_exp(xi) @ T0 with xi, sh and opacity_logits requiring grad, L1 loss against a target image
 (plus the alpha sum), backward. Reports median/p90/min wall time over --reps after --warmup (and
-the median process CPU time, see timed()), the dense reference on the same scene with --ref-reps,
+the median process CPU time, see timed()) and, apart, the process's first step (numba compiles its
+kernels or loads them from its cache there), the dense reference on the same scene with --ref-reps,
 and a per-stage breakdown; prints a markdown table.
 """
 
@@ -33,15 +35,25 @@ from gs2pose_ros.lie import make_pose, se3_exp, so3_exp  # noqa: E402
 from gs2pose_ros.render import _common, cpu, render  # noqa: E402
 
 
-def scene(n: int, size: int, device: str):
+def scene(n: int, size: int, device: str, first_step=None):
+    """-> (model, K, T0, target). ``first_step(model, K, T0)`` (optional) runs before the target
+    is rendered: the process's first render."""
     model = procedural_box_model(n).to(device=device)
     f = 420.0 * size / 128
     K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]], device=device)
     T0 = make_pose(so3_exp(torch.tensor([0.5, -0.6, 0.3])), torch.tensor([0.0, 0.0, 0.3]))
     T0 = T0.to(device)
+    if first_step is not None:
+        first_step(model, K, T0)
     target = render(model, se3_exp(torch.tensor([0.002, -0.001, 0.003, 0.02, -0.01, 0.015],
                                                 device=device)) @ T0, K, size, size).color.detach()
     return model, K, T0, target
+
+
+def _numba_version() -> str:
+    import numba
+
+    return numba.__version__
 
 
 def sync(device: str) -> None:
@@ -82,10 +94,17 @@ def stats(ts):
 
 
 def breakdown(model, K, T0, target, size, reps):
-    """Manual timers per stage of the CPU backend (medians, ms); mirrors cpu.rasterize_cpu."""
-    names = ["project (fwd)", "pairs: spans, alpha, counting sort by pixel",
-             "composite fwd: transmittance, drop stopped pairs, CSR product", "finish + loss",
-             "composite bwd (hand-written, CSC products)", "projection + SH + twist bwd"]
+    """Manual timers per stage of the CPU backend (medians, ms); mirrors cpu.rasterize_cpu (the
+    compiled kernels, or the torch path with --torch-path)."""
+    fused = cpu._use_numba(model.means)
+    if fused:
+        names = ["project (fwd)", "depth order, G",
+                 "fused fwd (numba): pairs, transmittance, accumulation", "finish + loss",
+                 "fused bwd (numba)", "projection + SH + twist bwd"]
+    else:
+        names = ["project (fwd)", "pairs: spans, alpha, counting sort by pixel",
+                 "composite fwd: transmittance, drop stopped pairs, CSR product", "finish + loss",
+                 "composite bwd (hand-written, CSC products)", "projection + SH + twist bwd"]
     acc = {k: [] for k in names}
     for _ in range(reps):
         xi = torch.zeros(6, requires_grad=True)
@@ -94,10 +113,14 @@ def breakdown(model, K, T0, target, size, reps):
         T, Kt = _common.check_inputs(m, se3_exp(xi) @ T0, K, size, size)
         proj = _common.project(m, T, Kt, size, size)
         t1 = time.perf_counter()
-        _, args = cpu.composite_inputs(proj)
-        Gt, feats = args[0], args[1]  # (G, feats, pairs): see cpu._Composite
-        t2 = time.perf_counter()
-        a, al, _ = cpu._Composite.apply(*args)
+        _, Gt, feats, ry = cpu.composite_inputs(proj)  # see cpu._Composite
+        if fused:
+            t2 = time.perf_counter()
+            a, al, _ = cpu._Fused.apply(Gt, feats, ry, size, size)
+        else:
+            pairs = cpu._pairs(Gt.detach(), ry, size, size)
+            t2 = time.perf_counter()
+            a, al, _ = cpu._Composite.apply(Gt, feats, pairs)
         t3 = time.perf_counter()
         out = _common.finish(proj, a, al, None, "cpu")
         loss = (out.color - target).abs().mean() + out.alpha.mean()
@@ -122,13 +145,26 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: "
                     "leave torch's setting)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--torch-path", action="store_true", help="CPU backend without the compiled "
+                    "kernels (cpu.USE_NUMBA = False), for comparisons")
     args = ap.parse_args(argv)
+    if args.torch_path:
+        cpu.USE_NUMBA = False
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device
-    model, K, T0, target = scene(args.n, args.size, dev)
     backend = "gsplat" if dev == "cuda" else "cpu"
+    first = []
+
+    def first_step(model, K, T0):  # the process's first render + backward: numba's compilation
+        t = time.perf_counter()   # (or the load of its cache) included
+        zeros = torch.zeros(args.size, args.size, 3, device=dev)
+        step(model, K, T0, zeros, args.size, backend)
+        sync(dev)
+        first.append((time.perf_counter() - t) * 1e3)
+
     load0 = os.getloadavg()
+    model, K, T0, target = scene(args.n, args.size, dev, first_step)
     out = step(model, K, T0, target, args.size, backend)
     ts, cs = timed(lambda: step(model, K, T0, target, args.size, backend), args.reps, args.warmup,
                    dev)
@@ -147,6 +183,11 @@ def main(argv=None):
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"- load average before/after: {load0[0]:.2f} / {load1[0]:.2f}")
+    if dev == "cpu":
+        path = (f"compiled kernels (numba {_numba_version()})" if cpu._use_numba(model.means)
+                else "torch")
+        print(f"- CPU path: {path}; first step "
+              f"{first[0]:.0f} ms (compilation or cache load included; not in the table below)")
     if out.num_pairs is not None:
         print(f"- contributing Gaussian-pixel pairs: {out.num_pairs}, mean alpha "
               f"{float(out.alpha.detach().mean()):.2f}")

@@ -143,17 +143,39 @@ def test_autograd_composite_matches_hand_written_backward():
     assert_grads_close(results[0], results[1])
 
 
-def test_torch_path_matches_scipy_path(monkeypatch):
-    """Off the CPU the counting sort and the transposed products run in torch; same results."""
+@pytest.mark.parametrize("use_scipy", [True, False])
+def test_torch_path_matches_scipy_path(monkeypatch, use_scipy):
+    """The CPU backend's three paths agree: compiled kernels (numba, the default where importable),
+    torch with numpy/scipy (no numba), and torch alone (what other devices run)."""
     from gs2pose_ros.render import cpu
 
     model = random_scene(n=150, seed=5, degree=1, max_opacity=0.9999)  # also the 0.999 clamp
     a, ga = render_with_grads("cpu", model, T_SCENE, K_SMALL, W_SMALL, H_SMALL)
-    monkeypatch.setattr(cpu, "USE_SCIPY", False)
+    monkeypatch.setattr(cpu, "USE_NUMBA", False)
+    monkeypatch.setattr(cpu, "USE_SCIPY", use_scipy)
     b, gb = render_with_grads("cpu", model, T_SCENE, K_SMALL, W_SMALL, H_SMALL)
     torch.testing.assert_close(a.color, b.color, rtol=0, atol=FWD_ATOL)
     torch.testing.assert_close(a.alpha, b.alpha, rtol=0, atol=FWD_ATOL)
+    torch.testing.assert_close(a.depth, b.depth, rtol=DEPTH_RTOL, atol=FWD_ATOL)
     assert torch.equal(a.num_pixels, b.num_pixels) and a.num_pairs == b.num_pairs
+    assert_grads_close(ga, gb)
+
+
+def test_compiled_kernels_grow_their_buffers(monkeypatch):
+    """The fused forward stores its pairs in a preallocated buffer; a view with more pairs than it
+    holds is rendered again with a larger one (same result as the torch path)."""
+    from gs2pose_ros.render import _kernels, cpu
+
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not importable: the CPU backend runs its torch path")
+    model = random_scene(n=150, seed=6, degree=0)
+    monkeypatch.setattr(cpu, "_FUSED_CAP", [16])
+    a, ga = render_with_grads("cpu", model, T_SCENE, K_SMALL, W_SMALL, H_SMALL)
+    assert cpu._FUSED_CAP[0] > a.num_pairs > 16
+    monkeypatch.setattr(cpu, "USE_NUMBA", False)
+    b, gb = render_with_grads("cpu", model, T_SCENE, K_SMALL, W_SMALL, H_SMALL)
+    torch.testing.assert_close(a.color, b.color, rtol=0, atol=FWD_ATOL)
+    assert torch.equal(a.num_pixels, b.num_pixels)
     assert_grads_close(ga, gb)
 
 
