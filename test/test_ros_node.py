@@ -357,8 +357,11 @@ def pipeline(tmp_path_factory):
     return {"model": model, "posenet": posenet, "scene": scene, "root": out}
 
 
-#: Fraction of published poses that must be within 0.1 d (the issue's target is 0.95; see above).
-PIPELINE_MIN_CORRECT = 0.75
+#: Fraction of published poses that must be within 0.1 d (issue 7's target).
+PIPELINE_MIN_CORRECT = 0.95
+#: Fewest poses the node must publish from the 40 frames at 5 Hz (idle: 24-30; the first detection
+#: takes about 3 s on this 2-core CPU), so that the fraction above means something.
+PIPELINE_MIN_POSES = 8
 
 
 def start_pipeline_node(pipeline, env):
@@ -415,10 +418,8 @@ def test_pipeline_poses_match_ground_truth(pipeline, monkeypatch):
         assert m.header.frame_id == "camera_color_optical_frame" and stamp_ns(m) in gt
         T, Tg = convert.pose_to_matrix(m.pose), gt[stamp_ns(m)]
         good += add(T[:3, :3], T[:3, 3], Tg[:3, :3], Tg[:3, 3], pts) < 0.1 * diameter
-    # Issue 7 asks for >= 95 % here; measured through the node so far: 81-90 % at 2-5 Hz (offline
-    # `gs2pose eval` on the same sequence: 97.5 %), so this guards against regressions at the level
-    # reached while the gap is investigated (see the issue 7 notes).
     print(f"pipeline: {good}/{len(got['pose'])} published poses within 0.1 d, {len(got['est'])} estimates")
+    assert len(got["pose"]) >= PIPELINE_MIN_POSES, f"only {len(got['pose'])} poses published"
     assert good >= PIPELINE_MIN_CORRECT * len(got["pose"]), f"{good}/{len(got['pose'])} poses within 0.1 d"
     tfs = [t for msg in got["tf"] for t in msg.transforms]
     assert {stamp_ns(t) for t in tfs} == {stamp_ns(m) for m in got["pose"]}
