@@ -205,6 +205,14 @@ class PoseTracker:
             if r2.confidence > r.confidence:
                 r2.iterations += r.iterations
                 r = r2
+        if mask is not None and frame.depth is not None and r.confidence < self.config.recover_below:
+            # Pose-Net's mask can be far smaller than the object (an under-trained network): the
+            # silhouette agreement then vetoes a right pose (printed_box: 0.19 with the mask, 0.99
+            # without). With depth, score the refined pose as a tracking step is scored, without it.
+            s = self.refiner.score(frame, r.T_cam_obj, appearance=app)
+            if s.confidence > r.confidence:
+                r.diagnostics["confidence_with_posenet_mask"] = float(r.confidence)
+                r.confidence = s.confidence
         stages["refine"] = stages.get("refine", 0.0) + time.perf_counter() - t0
         r.diagnostics["coarse_confidence"] = float(getattr(c, "confidence", float("nan")))
         r._appearance = app  # type: ignore[attr-defined]

@@ -186,3 +186,27 @@ def test_slide_along_the_box_is_corrected_while_an_occluder_covers_one_end():
         errs.append(np.linalg.norm(est.T_cam_obj[:3, 3] - T[:3, 3]))
         assert est.pose_valid
     assert max(errs) < 0.004, np.round(np.array(errs) * 1000, 1)
+
+
+class _TinyMaskCoarse:
+    """The ground-truth pose with a Pose-Net-like mask that covers only a 5x5 px patch of the object
+    (an under-trained network's mask), as on the demo's printed_box frame 7."""
+
+    def __init__(self, seq):
+        self.seq = seq
+
+    def estimate(self, frame, roi=None):
+        from tracking_data import CoarseResult
+
+        i = int(round(frame.stamp * 30))
+        T = self.seq.poses[i]
+        u, v = (frame.K @ T[:3, 3])[:2] / T[2, 3]
+        mask = np.zeros(frame.rgb.shape[:2], bool)
+        mask[int(v) - 2:int(v) + 3, int(u) - 2:int(u) + 3] = True
+        return CoarseResult(T.copy(), 0.9, mask)
+
+
+def test_a_tiny_posenet_mask_does_not_veto_a_right_detection(seq_leave):
+    tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=_TinyMaskCoarse(seq_leave), config=FAST, device="cpu")
+    est = tr.estimate(seq_leave.frames[0])
+    assert est.pose_valid and _err(seq_leave, 0, est).correct
