@@ -43,6 +43,8 @@ def node_cmd(*params: str) -> list[str]:
         ("model_is_dir", ["model_path", "is a directory"]),
         ("bad_device", ["device", "tpu", "auto, cpu, cuda"]),
         ("slop_out_of_range", ["sync_slop", "5.0"]),
+        ("missing_tracker_config", ["tracker_config", "tracker.yaml", "does not exist"]),
+        ("unknown_tracker_setting", ["no_such_setting"]),
         ("corrupt_model", None),  # files exist but are not a model: PoseTracker.from_files says so
     ],
 )
@@ -65,6 +67,15 @@ def test_unusable_parameters_stop_the_node_with_one_line(tmp_path, case, expect)
         p["device"] = "tpu"
     elif case == "slop_out_of_range":
         p["sync_slop"] = "5.0"
+    elif case == "missing_tracker_config":
+        p["tracker_config"] = str(tmp_path / "tracker.yaml")
+    elif case == "unknown_tracker_setting":
+        pytest.importorskip("gs2pose_ros.tracker")
+        from gs2pose_ros.commands.demo import shipped_assets
+
+        p["model_path"], p["posenet_path"] = (str(f) for f in shipped_assets("printed_box"))
+        (tmp_path / "tracker.yaml").write_text("refiner:\n  no_such_setting: 1\n")
+        p["tracker_config"] = str(tmp_path / "tracker.yaml")
     elif case == "corrupt_model":
         try:
             import gs2pose_ros.tracker  # noqa: F401
@@ -333,6 +344,23 @@ def test_reset_service_debug_image_marker_and_diagnostics(live_node):
         assert key in values
     assert out["diag"][-1].status[0].name == "gs2pose_node: pose tracking"
     assert values["state"] == "TRACKING"
+
+
+def test_tracker_config_parameter_reaches_the_tracker(tmp_path):
+    """The node's tracker_config file sets the tracker's and refiner's settings."""
+    require_rclpy()
+    pytest.importorskip("gs2pose_ros.tracker")
+    from gs2pose_ros.commands.demo import shipped_assets
+    from gs2pose_ros.ros.pose_node import load_tracker
+
+    model, posenet = shipped_assets("printed_box")
+    cfg = tmp_path / "tracker.yaml"
+    cfg.write_text("recover_iterations: 7\nrefiner:\n  track_iterations: 5\n")
+    values = {"model_path": str(model), "posenet_path": str(posenet), "device": "cpu"}
+    default = load_tracker({**values, "tracker_config": ""})
+    tuned = load_tracker({**values, "tracker_config": str(cfg)})
+    assert (tuned.config.recover_iterations, tuned.refiner.config.track_iterations) == (7, 5)
+    assert (default.config.recover_iterations, default.refiner.config.track_iterations) != (7, 5)
 
 
 # ---- the full pipeline (needs the estimator) ---------------------------------------------------------

@@ -38,6 +38,8 @@ class ParamSpec:
 SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("model_path", str, "Gaussian model file of the object (required)"),
     ParamSpec("posenet_path", str, "Pose-Net weights file (required)"),
+    ParamSpec("tracker_config", str, "Tracker/refiner settings file (YAML or JSON, see docs/tracking.md); "
+              "empty = the built-in defaults"),
     ParamSpec("object_name", str, "Object name in ~/estimate's object_id; empty = the model's own name"),
     ParamSpec("child_frame_id", str, "TF child frame (and marker frame) of the object; empty = object_name"),
     ParamSpec("device", str, "Where the estimator runs", choices=("auto", "cpu", "cuda")),
@@ -176,3 +178,5 @@ def validate(values: dict[str, Any]) -> None:
             raise ConfigError(problem)
     _check_file("model_path", values["model_path"], "Gaussian model file")
     _check_file("posenet_path", values["posenet_path"], "Pose-Net weights file")
+    if values["tracker_config"]:
+        _check_file("tracker_config", values["tracker_config"], "tracker config file")

@@ -70,7 +70,8 @@ def load_tracker(values: dict):
         if e.name in ("gs2pose_ros.tracker",):
             raise ConfigError(f"{TRACKER_MISSING}: the estimator is not installed") from None
         raise
-    return PoseTracker.from_files(values["model_path"], values["posenet_path"], device=values["device"])
+    return PoseTracker.from_files(values["model_path"], values["posenet_path"],
+                                  config=values["tracker_config"] or None, device=values["device"])
 
 
 class PoseNode(Node):
