@@ -213,13 +213,8 @@ def _estimator(meta, model=None):
 
 
 def test_pose_from_a_correct_prediction_with_and_without_depth():
-    meta = _meta()
     rng = np.random.default_rng(5)
-    T = np.eye(4)
-    T[:3, :3] = _rot(rng)
-    T[:3, 3] = [0.0, 0.0, 0.45]
-    K = np.array([[200.0, 0, 32], [0, 200, 32], [0, 0, 1]])
-    pred, depth, model = _prediction_from_pose(meta, T, K)
+    meta, T, K, pred, depth, model, _ = _box_view(rng)
     est = _estimator(meta, model)
     for d in (depth, None):
         pose = est.pose_from_prediction(pred, K, d)
@@ -232,13 +227,8 @@ def test_pose_from_a_correct_prediction_with_and_without_depth():
 
 
 def test_confidence_of_wrong_correspondences_is_low():
-    meta = _meta()
     rng = np.random.default_rng(6)
-    T = np.eye(4)
-    T[:3, :3] = _rot(rng)
-    T[:3, 3] = [0.0, 0.0, 0.45]
-    K = np.array([[200.0, 0, 32], [0, 200, 32], [0, 0, 1]])
-    pred, depth, model = _prediction_from_pose(meta, T, K)
+    meta, T, K, pred, depth, model, _ = _box_view(rng)
     wrong = dict(pred)
     wrong["nocs"] = rng.random(pred["nocs"].shape)  # NOCS that correspond to nothing
     est = _estimator(meta, model)
