@@ -105,42 +105,16 @@ def ransac_kabsch(P: np.ndarray, Q: np.ndarray, threshold: float, iterations: in
     transform (12 parameters: shear and scale included) and does not enforce rigidity; a rigid
     fit with the known scale needs only 3 points per hypothesis and is better conditioned.
     Hypotheses are scored by their inlier count (residual below ``threshold``, metres), all at
-    once (batched SVD); the best is refit on its inliers ``refine_rounds`` times.
+    once (batched SVD); the best is refit on its inliers ``refine_rounds`` times (the first of
+    :func:`ransac_kabsch_hypotheses`).
 
     Returns ``(R [3, 3], t [3], inliers [N] bool)``; ``R`` is None when fewer than 3 points are given.
     """
-    P = np.asarray(P, dtype=np.float64)
-    Q = np.asarray(Q, dtype=np.float64)
-    n = len(P)
-    if n < 3:
-        return None, None, np.zeros(n, bool)
-    rng = rng or np.random.default_rng(0)
-    idx = np.stack([rng.choice(n, 3, replace=False) for _ in range(iterations)]) if n < 64 else \
-        rng.integers(0, n, size=(iterations, 3))
-    # drop degenerate samples (repeated or nearly collinear points)
-    Ps = P[idx]
-    area = np.linalg.norm(np.cross(Ps[:, 1] - Ps[:, 0], Ps[:, 2] - Ps[:, 0]), axis=-1)
-    ok = area > 1e-10
-    if not ok.any():
-        return None, None, np.zeros(n, bool)
-    idx = idx[ok]
-    R, t = kabsch(P[idx], Q[idx])
-    # score in chunks to bound memory (hyp x N)
-    best_count, best = -1, 0
-    for s in range(0, len(idx), 64):
-        res = np.linalg.norm(np.einsum("hij,nj->hni", R[s:s + 64], P) + t[s:s + 64, None] - Q[None], axis=-1)
-        cnt = (res < threshold).sum(1)
-        k = int(np.argmax(cnt))
-        if cnt[k] > best_count:
-            best_count, best = int(cnt[k]), s + k
-    Rb, tb = R[best], t[best]
-    inl = np.linalg.norm(P @ Rb.T + tb - Q, axis=-1) < threshold
-    for _ in range(refine_rounds):
-        if inl.sum() < 3:
-            break
-        Rb, tb = kabsch(P[inl], Q[inl])
-        inl = np.linalg.norm(P @ Rb.T + tb - Q, axis=-1) < threshold
-    return Rb, tb, inl
+    best = ransac_kabsch_hypotheses(P, Q, threshold, iterations, rng, count=1, refine_rounds=refine_rounds)
+    if not best:
+        return None, None, np.zeros(len(P), bool)
+    R, t, inliers, _ = best[0]
+    return R, t, inliers
 
 
 def ransac_kabsch_hypotheses(P: np.ndarray, Q: np.ndarray, threshold: float, iterations: int = 256,
