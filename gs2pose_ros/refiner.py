@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-from gs2pose_ros.camera import PinholeCamera, crop_box_around, crop_image
+from gs2pose_ros.camera import PinholeCamera, backproject_depth, crop_box_around, crop_image
 from gs2pose_ros.errors import ConfigError, InputError
 from gs2pose_ros.frame import Frame
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
@@ -626,12 +626,7 @@ class GSRefiner:
         the inlier tolerance) and, where the render covers the pixel, depth-consistent with it;
         intersected with ``ext_mask`` (off the support plane, Pose-Net's mask)."""
         tol = max(self.config.inlier_tol * self.diameter, 0.01)
-        Hc, Wc = depth.shape
-        uu = torch.arange(Wc, dtype=depth.dtype, device=depth.device) + 0.5
-        vv = torch.arange(Hc, dtype=depth.dtype, device=depth.device) + 0.5
-        X = (uu[None, :] - K[0, 2]) / K[0, 0] * depth
-        Y = (vv[:, None] - K[1, 2]) / K[1, 1] * depth
-        P = torch.stack([X, Y, depth], -1) - T_pose[:3, 3]
+        P = backproject_depth(depth, K)[0] - T_pose[:3, 3]  # invalid pixels: left out by ``valid`` below
         Q = P @ T_pose[:3, :3]  # object frame
         lo = torch.as_tensor(self.bbox_min, dtype=depth.dtype, device=depth.device) - tol
         hi = torch.as_tensor(self.bbox_max, dtype=depth.dtype, device=depth.device) + tol
