@@ -264,6 +264,11 @@ TEXTURE_STD = (0.03, 0.07)
 UNIFORM_STD = (0.08, 0.15)
 
 
+#: Observed over rendered colour standard deviation (same pixels) at which a textured render's NCC
+#: stops counting (first value) and counts fully (second). NCC is gain-invariant, so sensor noise on
+#: a plain wall correlated at 0.27 with a textured mug render 3 m behind it (ratio 0.06, confidence
+#: 0.9); right poses of the generated sequences have 0.34-0.47 under their light drift.
+CONTRAST_RATIO = (0.08, 0.2)
 #: Fraction of the silhouette seen (inside the image and not occluded) below which the confidence
 #: is scaled down proportionally (BOP counts an object with visib_fract < 0.1 as not visible).
 MIN_SEEN_FRACTION = 0.15
@@ -272,7 +277,8 @@ MIN_SEEN_FRACTION = 0.15
 def photometric_evidence(d: dict) -> float:
     """Colour evidence in [0, 1] for the confidence.
 
-    A textured render: ``min(1, max(NCC, 0) / 0.35)``. NCC says nothing when the visible part of
+    A textured render: ``min(1, max(NCC, 0) / 0.35)``, scaled down when the observation is far
+    plainer than the render (``CONTRAST_RATIO``: the correlation is then with noise). NCC says nothing when the visible part of
     the render is plain (its only variance is noise and the silhouette's edge): then the evidence is
     whether the observation over the same pixels is plain too. The two are blended by the render's
     colour spread (``TEXTURE_STD``).
@@ -280,6 +286,9 @@ def photometric_evidence(d: dict) -> float:
     ncc_part = min(1.0, max(d.get("ncc", 0.0), 0.0) / 0.35)
     if "render_std" not in d:
         return ncc_part
+    c_lo, c_hi = CONTRAST_RATIO
+    ratio = d.get("observed_std", 0.0) / max(d["render_std"], 1e-6)
+    ncc_part *= float(np.clip((ratio - c_lo) / (c_hi - c_lo), 0.0, 1.0))
     lo, hi = TEXTURE_STD
     w_tex = float(np.clip((d["render_std"] - lo) / (hi - lo), 0.0, 1.0))
     u_lo, u_hi = UNIFORM_STD
