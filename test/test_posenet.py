@@ -348,6 +348,27 @@ def test_letterbox_scale():
     assert img.shape == (32, 32, 3) and s == pytest.approx(0.5)
 
 
+def test_truncated_samples_cut_the_object_at_the_crop_border():
+    """The border-truncation samples (an object entering or leaving the view) keep 12-75 % of the
+    object's extent across one crop edge; the other samples keep (nearly) the whole object inside."""
+    from gs2pose_ros.posenet.train import SampleMaker
+
+    C, S = 192, 64
+    alpha = np.zeros((C, C), np.float32)
+    alpha[70:130, 60:140] = 1.0  # an 80 x 60 px silhouette
+    rng = np.random.default_rng(0)
+    cut = SampleMaker(S, context_fraction=0.0, truncate_fraction=1.0)
+    whole = SampleMaker(S, context_fraction=0.25, truncate_fraction=0.0)
+    for _ in range(50):
+        x0, y0, w, h = cut.crop_box(alpha, rng)
+        kept_x = (min(x0 + w, 140) - max(x0, 60)) / 80
+        kept_y = (min(y0 + h, 130) - max(y0, 70)) / 60
+        assert min(kept_x, kept_y) < 0.999  # cut along one axis
+        assert 0.11 < min(kept_x, kept_y) < 0.76 and max(kept_x, kept_y) > 0.99
+        x0, y0, w, h = whole.crop_box(alpha, rng)  # a detector's jitter may clip an edge, no more
+        assert (min(x0 + w, 140) - max(x0, 60)) / 80 > 0.8 and (min(y0 + h, 130) - max(y0, 70)) / 60 > 0.8
+
+
 def test_canonical_pose_for_continuous_symmetry_makes_equal_views_equal():
     meta = _meta(symmetric=True, symmetries_continuous=[{"axis": [0.0, 0.0, 1.0], "offset": [0.0, 0.0, 0.0]}])
     rng = np.random.default_rng(7)

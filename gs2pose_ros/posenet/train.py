@@ -65,6 +65,7 @@ class TrainConfig:
     refresh_per_iter: float = 0.5
     canvas_scale: float = 1.5
     context_fraction: float = 0.25
+    truncate_fraction: float = 0.15
     occluder_prob: float = 0.5
     time_limit_s: Optional[float] = None
     seed: int = 0
@@ -82,6 +83,10 @@ class TrainConfig:
             raise ConfigError(f"train-posenet: refresh_per_iter = {self.refresh_per_iter} must be in [0, 64]")
         if self.canvas_scale < 1.0:
             raise ConfigError(f"train-posenet: canvas_scale = {self.canvas_scale} must be >= 1")
+        if not (0 <= self.context_fraction and 0 <= self.truncate_fraction
+                and self.context_fraction + self.truncate_fraction <= 1):
+            raise ConfigError(f"train-posenet: context_fraction ({self.context_fraction}) and truncate_fraction "
+                              f"({self.truncate_fraction}) must be >= 0 and sum to at most 1")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -340,9 +345,10 @@ class SampleMaker:
     """
 
     def __init__(self, input_size: int, context_fraction: float = 0.25, occluder_prob: float = 0.5,
-                 augment: bool = True):
+                 augment: bool = True, truncate_fraction: float = 0.0):
         self.S = int(input_size)
         self.context_fraction = context_fraction
+        self.truncate_fraction = truncate_fraction
         self.occluder_prob = occluder_prob
         self.augment = augment
 
@@ -355,7 +361,23 @@ class SampleMaker:
         bw, bh = x_max - x_min, y_max - y_min
         big = max(bw, bh)
         cx, cy = 0.5 * (x_min + x_max), 0.5 * (y_min + y_max)
-        if rng.random() < self.context_fraction:
+        u = rng.random()
+        if u < self.truncate_fraction:
+            # the object cut by the image border (entering or leaving the view): the crop's edge
+            # runs through it, 12-75 % of its extent across that edge inside, as the full-frame
+            # pass and a crop shifted inside the frame see it. Without these samples Pose-Net
+            # found nothing, or a distractor, once the object was 20-67 % cut off (docs/tracking.md)
+            side = big * math.exp(rng.uniform(math.log(1.2), math.log(4.0)))
+            keep = rng.uniform(0.12, 0.75)
+            edge = int(rng.integers(4))  # the crop edge that cuts: left, right, top, bottom
+            if edge in (0, 1):
+                x0 = x_max - keep * bw if edge == 0 else x_min + keep * bw - side
+                y0 = cy - side / 2 + rng.uniform(-0.5, 0.5) * max(side - bh, 0.0)
+            else:
+                y0 = y_max - keep * bh if edge == 2 else y_min + keep * bh - side
+                x0 = cx - side / 2 + rng.uniform(-0.5, 0.5) * max(side - bw, 0.0)
+            return x0, y0, side, side
+        if u < self.truncate_fraction + self.context_fraction:
             side = big * math.exp(rng.uniform(math.log(1.8), math.log(7.0)))
             room_x, room_y = max(side - bw, 0) / 2, max(side - bh, 0) / 2
             cx += rng.uniform(-room_x, room_x)
@@ -493,7 +515,7 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
     model = model.detach().to(dev)
     sampler = ViewSampler(metadata, rotations)
     renderer = ViewRenderer(model, metadata, C)
-    maker = SampleMaker(S, cfg.context_fraction, cfg.occluder_prob)
+    maker = SampleMaker(S, cfg.context_fraction, cfg.occluder_prob, truncate_fraction=cfg.truncate_fraction)
     t_start = time.time()
     timings = {"render": 0.0, "samples": 0.0, "step": 0.0}
 
