@@ -433,6 +433,17 @@ def test_full_frame_estimate_runs_and_reports_low_confidence_when_untrained():
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (20, 59, 10, 49)
 
 
+def test_full_frame_candidates_most_probable_first():
+    est = CoarsePoseEstimator(PoseNet(TINY).eval(), _meta(), None)
+    prob = np.zeros((32, 32), np.float32)
+    prob[2:6, 2:6] = 0.9  # small, sure
+    prob[20:30, 18:28] = 0.6  # larger, less sure, but more probability in all
+    prob[15, 15] = 0.9  # a speck: left out
+    assert est._mask_boxes(prob) == [(18.0, 20.0, 28.0, 30.0), (2.0, 2.0, 6.0, 6.0)]
+    assert est._mask_box(prob) == (18.0, 20.0, 28.0, 30.0)
+    assert est._mask_boxes(np.zeros((8, 8), np.float32)) == []
+
+
 def test_cli_registers_the_subcommands():
     import argparse
 

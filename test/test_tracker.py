@@ -236,3 +236,26 @@ def test_a_posenet_mask_off_the_pose_keeps_its_veto(seq_leave):
     assert not est.pose_valid, est.confidence
     assert tr._mask_on_pose(_MaskElsewhereCoarse(seq_leave).estimate(f).mask, seq_leave.poses[0], f.K) == 0.0
     assert tr._mask_on_pose(_TinyMaskCoarse(seq_leave).estimate(f).mask, seq_leave.poses[0], f.K) == 1.0
+
+
+class _DistractorFirstCoarse(_TinyMaskCoarse):
+    """Pose-Net's full-frame pass putting a distractor first: its pose 25 cm to the side (on the
+    table), the ground truth only among the alternatives, as for the toy re-entering the view."""
+
+    def estimate(self, frame, roi=None):
+        from tracking_data import CoarseResult
+
+        right = super().estimate(frame, roi)
+        right.mask = None
+        T = right.T_cam_obj.copy()
+        T[0, 3] += 0.25 if T[0, 3] < 0 else -0.25
+        first = CoarseResult(T, 0.05, None)
+        first.alternatives = [CoarseResult(right.T_cam_obj, 0.01, None)]
+        return first
+
+
+def test_a_detection_checks_the_second_candidate_when_the_first_fails(seq_leave):
+    tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=_DistractorFirstCoarse(seq_leave), config=FAST,
+                     device="cpu")
+    est = tr.estimate(seq_leave.frames[0])
+    assert est.pose_valid and _err(seq_leave, 0, est).correct

@@ -419,6 +419,8 @@ class CoarsePose:
     method: "kabsch" (depth), "pnp" (RGB only) or "none".
     inlier_ratio, agreement: the two factors of the confidence.
     stages: seconds per stage.
+    alternatives: the poses found for the other full-frame candidates (tried while none was
+    confident), most confident first; a caller that can verify poses (the refiner) checks them too.
     """
 
     T_cam_obj: Optional[np.ndarray]
@@ -432,6 +434,7 @@ class CoarsePose:
     agreement: float = 0.0
     stages: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    alternatives: list = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
@@ -458,7 +461,7 @@ class CoarsePoseEstimator:
                  hypotheses: int = 4, icp: bool = True, icp_iterations: int = 15, icp_points: int = 1500,
                  depth_tolerance: float = 0.03, flips: bool = True, anchor_weight: float = 0.02,
                  search: bool = True, search_below: float = 0.5, search_views: int = 30, search_in_plane: int = 6,
-                 low_mask_threshold: float = 0.3):
+                 low_mask_threshold: float = 0.3, candidates: int = 2, candidate_confidence: float = 0.5):
         self.net = posenet.eval()
         self.metadata = metadata
         self.model = model
@@ -483,6 +486,8 @@ class CoarsePoseEstimator:
         self.anchor_weight = float(anchor_weight)
         self.search = bool(search)
         self.low_mask_threshold = float(low_mask_threshold)
+        self.candidates = int(candidates)  # full-frame components tried, while none is confident
+        self.candidate_confidence = float(candidate_confidence)  # ... i.e. reaches this
         self.search_below = float(search_below)
         self._grid = rotation_grid(search_views, search_in_plane) if search else None
         self.depth_tolerance = float(depth_tolerance)  # x diameter: depth agreement / ICP's final gate
@@ -517,35 +522,45 @@ class CoarsePoseEstimator:
                        else np.ones_like(res["mask"]))
         return res
 
-    def _mask_box(self, prob: np.ndarray, threshold: Optional[float] = None):
-        """Box (x0, y0, x1, y1) of the best connected component of ``prob > threshold`` (None if empty)."""
+    def _mask_boxes(self, prob: np.ndarray, threshold: Optional[float] = None) -> list:
+        """Boxes (x0, y0, x1, y1) of the connected components of ``prob > threshold``, the one
+        with the largest summed probability first (components under 4 pixels left out)."""
         m = (prob > (self.mask_threshold if threshold is None else threshold)).astype(np.uint8)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
         if n <= 1:
-            return None
+            return []
         scores = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n)[1:]
-        k = int(np.argmax(scores)) + 1
-        if stats[k, cv2.CC_STAT_AREA] < 4:
-            return None
-        x, y, w, h = stats[k, :4]
-        return float(x), float(y), float(x + w), float(y + h)
+        boxes = []
+        for k in np.argsort(-scores) + 1:
+            if stats[k, cv2.CC_STAT_AREA] >= 4:
+                x, y, w, h = stats[k, :4]
+                boxes.append((float(x), float(y), float(x + w), float(y + h)))
+        return boxes
 
-    def locate(self, frame) -> Optional[tuple]:
-        """The object's box ``(x0, y0, x1, y1)`` in frame pixels from a full-frame pass (None if not seen)."""
+    def _mask_box(self, prob: np.ndarray, threshold: Optional[float] = None):
+        """Box (x0, y0, x1, y1) of the best connected component of ``prob > threshold`` (None if empty)."""
+        boxes = self._mask_boxes(prob, threshold)
+        return boxes[0] if boxes else None
+
+    def locate_all(self, frame) -> list:
+        """Candidate boxes ``(x0, y0, x1, y1)`` in frame pixels from a full-frame pass, the most
+        probable first (empty if nothing is seen)."""
         img, s = letterbox(frame.rgb, self.size)
         prob = self.predict(img)["mask"]
         prob[int(math.ceil(frame.height * s)):] = 0  # the padding is not the image
         prob[:, int(math.ceil(frame.width * s)):] = 0
-        box = self._mask_box(prob)
-        if box is None or (box[2] - box[0]) * (box[3] - box[1]) < 16:
+        boxes = self._mask_boxes(prob)
+        if not boxes or (boxes[0][2] - boxes[0][0]) * (boxes[0][3] - boxes[0][1]) < 16:
             # a weakly trained network (or a dim, half-hidden object) may stay under 0.5 in the
             # small full-frame view: look again at a lower threshold; the crop passes and the
             # confidence judge what it found
-            low = self._mask_box(prob, self.low_mask_threshold)
-            box = low if low is not None else box
-        if box is None:
-            return None
-        return tuple(v / s for v in box)
+            boxes = self._mask_boxes(prob, self.low_mask_threshold) or boxes
+        return [tuple(v / s for v in b) for b in boxes]
+
+    def locate(self, frame) -> Optional[tuple]:
+        """The object's box ``(x0, y0, x1, y1)`` in frame pixels from a full-frame pass (None if not seen)."""
+        boxes = self.locate_all(frame)
+        return boxes[0] if boxes else None
 
     def _crop(self, frame, box, padding=None):
         from gs2pose_ros.camera import PinholeCamera, crop_box_around, crop_image
@@ -573,16 +588,31 @@ class CoarsePoseEstimator:
             x, y, w, h = (float(v) for v in roi)
             if not (w > 0 and h > 0):
                 raise InputError(f"estimate: roi {roi} must be (x0, y0, w, h) with w, h > 0 pixels")
-            box = (x, y, x + w, y + h)
+            boxes = [(x, y, x + w, y + h)]
         else:
-            box = self.locate(frame)
+            boxes = self.locate_all(frame)[:max(1, self.candidates)]
             stages["locate"] = time.perf_counter() - t0
-            if box is None:
+            if not boxes:
                 return CoarsePose(None, 0.0, 0, 0, None, None, "none", stages=stages)
+        results = []
+        for box in boxes:
+            # the full-frame pass may put a distractor first (a toy cut by the image border was the
+            # second component): the next candidate is tried while no pose is confident
+            results.append(self._estimate_in(frame, box, roi is None, stages))
+            if results[-1].confidence >= self.candidate_confidence:
+                break
+        results.sort(key=lambda r: -r.confidence)
+        best = results[0]
+        best.alternatives = results[1:]
+        best.stages = stages
+        return best
+
+    def _estimate_in(self, frame, box, full_frame: bool, stages: dict) -> CoarsePose:
+        """Crop passes and the pose for one candidate box ``(x0, y0, x1, y1)`` (frame pixels)."""
         t1 = time.perf_counter()
         # the full-frame pass sees the object small and may only catch part of it: the first crop
         # keeps context around its box (as the training's context samples do); later ones are tight
-        crop_box, crop, K_crop = self._crop(frame, box, padding=1.0 if roi is None else None)
+        crop_box, crop, K_crop = self._crop(frame, box, padding=1.0 if full_frame else None)
         pred = self._predict_crop(frame, crop_box, crop)
         for _ in range(self.refine_passes):
             b = self._mask_box(pred["mask"])
@@ -602,7 +632,7 @@ class CoarsePoseEstimator:
                 break
             crop_box, crop, K_crop = self._crop(frame, fb)
             pred = self._predict_crop(frame, crop_box, crop)
-        stages["network"] = time.perf_counter() - t1
+        stages["network"] = stages.get("network", 0.0) + time.perf_counter() - t1
         t2 = time.perf_counter()
         depth_crop = None
         if self.use_depth and frame.depth is not None:
@@ -612,13 +642,12 @@ class CoarsePoseEstimator:
             depth_crop = crop_image(frame.depth, x0, y0, w, h, self.size, self.size,
                                     interpolation=cv2.INTER_NEAREST, border_value=0)
         result = self.pose_from_prediction(pred, K_crop, depth_crop)
-        stages["pose"] = time.perf_counter() - t2
+        stages["pose"] = stages.get("pose", 0.0) + time.perf_counter() - t2
         result.roi = crop_box
         m = pred["mask"] > self.mask_threshold
         if m.sum() < 30:
             m = pred["mask"] > self.low_mask_threshold
         result.mask = self._frame_mask(frame, crop_box, m)
-        result.stages = stages
         return result
 
     def _predict_crop(self, frame, crop_box, crop):
