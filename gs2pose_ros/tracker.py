@@ -46,6 +46,8 @@ MAX_PREDICTION_RATIO = 3.0
 #: A detection may be re-scored without Pose-Net's mask only when at least this share of the mask
 #: lies on the refined pose's silhouette (an incomplete mask, not one somewhere else).
 MIN_MASK_ON_POSE = 0.5
+#: A half-turned detection replaces the original only when it scores this much higher.
+FLIP_MARGIN = 0.05
 
 __all__ = ["TrackerConfig", "PoseTracker", "resolve_device", "load_object_model"]
 
@@ -66,6 +68,9 @@ class TrackerConfig:
     # low score sends it to a re-detection; 0 iterations turns this off
     recover_below: float = 0.9
     recover_iterations: int = 12
+    # a detection that ends in [valid_threshold / 2, recover_below) is compared with its three
+    # half-turns about the object's box axes (symmetric-looking shapes: a box upside down)
+    try_flips: bool = True
     num_threads: int = 0  # torch CPU threads (0 = leave torch's setting)
     refiner: dict = field(default_factory=dict)
 
@@ -199,6 +204,9 @@ class PoseTracker:
         r = self._refine_candidate(frame, T_c, getattr(c, "mask", None), stages)
         r.diagnostics["coarse_confidence"] = float(getattr(c, "confidence", float("nan")))
         iterations = r.iterations
+        if 0.5 * self.config.valid_threshold <= r.confidence < self.config.recover_below and self.config.try_flips:
+            r = self._best_flip(frame, r, stages)
+            iterations = r.iterations
         for alt in getattr(c, "alternatives", [])[:1]:
             # the coarse confidence of a right pose of an object cut by the image border can be
             # ~0 (toy re-entering: 0.004 at 2 deg / 1 mm): the refined confidence decides
@@ -241,6 +249,30 @@ class PoseTracker:
         stages["refine"] = stages.get("refine", 0.0) + time.perf_counter() - t0
         r._appearance = app  # type: ignore[attr-defined]
         return r
+
+    def _best_flip(self, frame: Frame, r: RefineResult, stages: dict) -> RefineResult:
+        """A plausible but unconverged detection against its three half-turns about the object's
+        box axes (through the box centre), each refined ``recover_iterations`` steps at the
+        tracking rates; the best-scoring kept. The coarse stage's flip check scores depth and NOCS;
+        the refined confidence also weighs the texture: a printed_box detection turned 180 deg
+        scored 0.76 where the true pose, one half-turn away, scores 0.99."""
+        centre = 0.5 * (self.bbox_min + self.bbox_max)
+        best = r
+        for axis in np.eye(3):
+            F = np.eye(4)
+            F[:3, :3] = cv2.Rodrigues(axis * np.pi)[0]
+            F[:3, 3] = centre - F[:3, :3] @ centre  # about the box centre
+            app = AppearanceState(self.model)
+            t0 = time.perf_counter()
+            rf = self.refiner.refine(frame, r.T_cam_obj @ F, iterations=self.config.recover_iterations,
+                                     appearance=app, adapt=False, schedule=self.refiner.config.track_schedule)
+            stages["flips"] = stages.get("flips", 0.0) + time.perf_counter() - t0
+            rf.iterations += r.iterations
+            if rf.confidence > best.confidence + FLIP_MARGIN:
+                rf._appearance = app  # type: ignore[attr-defined]
+                rf.diagnostics["flipped_about"] = axis.tolist()
+                best = rf
+        return best
 
     def _mask_on_pose(self, mask: np.ndarray, T_cam_obj: np.ndarray, K: np.ndarray) -> float:
         """Share of the ``[H, W]`` bool ``mask`` inside the convex hull of the model's projected
@@ -407,8 +439,8 @@ class PoseTracker:
     def estimate(self, frame: Frame) -> PoseEstimate:
         """Single-frame estimate (coarse + full refinement), independent of the track state.
 
-        The returned state is TRACKING when the pose is valid, else INITIALIZING; the tracker's own
-        state is unchanged.
+        Valid (state TRACKING, else INITIALIZING) at ``accept_threshold``, the confidence a
+        detection needs to start a track; the tracker's own state is unchanged.
         """
         frame = self._check_frame(frame)
         t_start = time.perf_counter()
@@ -417,7 +449,8 @@ class PoseTracker:
         latency = time.perf_counter() - t_start
         if r is None:
             return PoseEstimate(np.eye(4), 0.0, TrackingState.INITIALIZING, False, iters, latency, stages)
-        valid = r.confidence >= self.config.valid_threshold
+        # a single frame is a detection: it must reach what a detection needs to start a track
+        valid = r.confidence >= self.config.accept_threshold
         return PoseEstimate(r.T_cam_obj.copy(), float(r.confidence),
                             TrackingState.TRACKING if valid else TrackingState.INITIALIZING, bool(valid),
                             iters, latency, stages)

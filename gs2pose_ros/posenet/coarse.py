@@ -476,6 +476,7 @@ class CoarsePoseEstimator:
         self.max_points = max_points
         self.refine_passes = refine_passes
         self.use_depth = use_depth
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._nocs_cols = None
         self.hypotheses = int(hypotheses)
@@ -584,6 +585,9 @@ class CoarsePoseEstimator:
         """
         stages = {}
         t0 = time.perf_counter()
+        # the same frame gives the same pose whatever came before (RANSAC's samples): a result
+        # can be reproduced from that frame alone
+        self.rng = np.random.default_rng(self.seed)
         if roi is not None:
             x, y, w, h = (float(v) for v in roi)
             if not (w > 0 and h > 0):
