@@ -46,8 +46,8 @@ MAX_PREDICTION_RATIO = 3.0
 #: A detection may be re-scored without Pose-Net's mask only when at least this share of the mask
 #: lies on the refined pose's silhouette (an incomplete mask, not one somewhere else).
 MIN_MASK_ON_POSE = 0.5
-#: A half-turned detection replaces the original only when it scores this much higher.
-FLIP_MARGIN = 0.05
+#: Half-turned detections within this of the best confidence are ranked by their colour correlation.
+FLIP_TIE = 0.1
 
 __all__ = ["TrackerConfig", "PoseTracker", "resolve_device", "load_object_model"]
 
@@ -68,8 +68,8 @@ class TrackerConfig:
     # low score sends it to a re-detection; 0 iterations turns this off
     recover_below: float = 0.9
     recover_iterations: int = 12
-    # a detection that ends in [valid_threshold / 2, recover_below) is compared with its three
-    # half-turns about the object's box axes (symmetric-looking shapes: a box upside down)
+    # a detection that ends at valid_threshold / 2 or more is compared with its three half-turns
+    # about the object's box axes (symmetric-looking shapes: a box upside down)
     try_flips: bool = True
     num_threads: int = 0  # torch CPU threads (0 = leave torch's setting)
     refiner: dict = field(default_factory=dict)
@@ -204,7 +204,7 @@ class PoseTracker:
         r = self._refine_candidate(frame, T_c, getattr(c, "mask", None), stages)
         r.diagnostics["coarse_confidence"] = float(getattr(c, "confidence", float("nan")))
         iterations = r.iterations
-        if 0.5 * self.config.valid_threshold <= r.confidence < self.config.recover_below and self.config.try_flips:
+        if r.confidence >= 0.5 * self.config.valid_threshold and self.config.try_flips:
             r = self._best_flip(frame, r, stages)
             iterations = r.iterations
         for alt in getattr(c, "alternatives", [])[:1]:
@@ -251,13 +251,16 @@ class PoseTracker:
         return r
 
     def _best_flip(self, frame: Frame, r: RefineResult, stages: dict) -> RefineResult:
-        """A plausible but unconverged detection against its three half-turns about the object's
-        box axes (through the box centre), each refined ``recover_iterations`` steps at the
-        tracking rates; the best-scoring kept. The coarse stage's flip check scores depth and NOCS;
-        the refined confidence also weighs the texture: a printed_box detection turned 180 deg
-        scored 0.76 where the true pose, one half-turn away, scores 0.99."""
+        """A detection against its three half-turns about the object's box axes (through the box
+        centre), each refined ``recover_iterations`` steps at the tracking rates.
+
+        Among the candidates within ``FLIP_TIE`` of the best confidence the best colour
+        correlation (NCC) wins: on a box-like shape the half-turns fit the depth and silhouette
+        equally well, so geometry saturates the confidence (a printed_box detection turned 180
+        deg scored 0.93-0.99, NCC 0.15-0.26, the true pose 0.99, NCC 0.60) and only the texture
+        tells them apart. The coarse stage's own flip check scores depth and NOCS only."""
         centre = 0.5 * (self.bbox_min + self.bbox_max)
-        best = r
+        candidates = [r]
         for axis in np.eye(3):
             F = np.eye(4)
             F[:3, :3] = cv2.Rodrigues(axis * np.pi)[0]
@@ -268,11 +271,12 @@ class PoseTracker:
                                      appearance=app, adapt=False, schedule=self.refiner.config.track_schedule)
             stages["flips"] = stages.get("flips", 0.0) + time.perf_counter() - t0
             rf.iterations += r.iterations
-            if rf.confidence > best.confidence + FLIP_MARGIN:
-                rf._appearance = app  # type: ignore[attr-defined]
-                rf.diagnostics["flipped_about"] = axis.tolist()
-                best = rf
-        return best
+            rf._appearance = app  # type: ignore[attr-defined]
+            rf.diagnostics["flipped_about"] = axis.tolist()
+            candidates.append(rf)
+        top = max(c.confidence for c in candidates)
+        tied = [c for c in candidates if c.confidence >= top - FLIP_TIE]
+        return max(tied, key=lambda c: (c.diagnostics.get("ncc", 0.0), c.confidence))
 
     def _mask_on_pose(self, mask: np.ndarray, T_cam_obj: np.ndarray, K: np.ndarray) -> float:
         """Share of the ``[H, W]`` bool ``mask`` inside the convex hull of the model's projected

@@ -93,7 +93,13 @@ def test_a_textured_render_on_a_plain_surface_scores_low():
     true = {"rendered_pixels": 1717, "depth_pixels": 349, "depth_inlier_ratio": 0.856, "silhouette_iou": 0.916,
             "visible_fraction": 1.0, "in_image_fraction": 0.213, "ncc": 0.261, "render_std": 0.102,
             "observed_std": 0.048}
+    # a printed_box fitted to the table and a pole 29 cm from where it was (out of view): perfect
+    # geometry, no texture where the render shows plenty; 0.6 (valid) before the contrast gate
+    table = {"rendered_pixels": 2700, "depth_pixels": 1621, "depth_inlier_ratio": 1.0, "silhouette_iou": 0.961,
+             "visible_fraction": 0.6, "in_image_fraction": 0.608, "ncc": 0.031, "render_std": 0.204,
+             "observed_std": 0.022}
     assert combine_confidence(wall, True) < 0.1
+    assert combine_confidence(table, True) < 0.1
     assert combine_confidence(true, True) > 0.9
 
 
