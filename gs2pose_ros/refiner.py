@@ -269,8 +269,11 @@ UNIFORM_STD = (0.08, 0.15)
 #: a plain wall correlated at 0.27 with a textured mug render 3 m behind it (ratio 0.06, confidence
 #: 0.9); right poses of the generated sequences have 0.34-0.47 under their light drift.
 CONTRAST_RATIO = (0.08, 0.2)
-#: Share of the raw score taken from a textured render over a plain observation (see CONTRAST_RATIO).
-CONTRAST_GATE = 0.4
+#: Share of the raw score taken from a textured render whose texture is not seen: a plain
+#: observation (CONTRAST_RATIO) or an NCC under NCC_FULL (right poses of the generated sequences:
+#: 0.26-0.87).
+TEXTURE_GATE = 0.4
+NCC_FULL = 0.2
 #: Fraction of the silhouette seen (inside the image and not occluded) below which the confidence
 #: is scaled down proportionally (BOP counts an object with visib_fract < 0.1 as not visible).
 MIN_SEEN_FRACTION = 0.15
@@ -318,8 +321,9 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
     against the depth-consistent mask, colour evidence of :func:`photometric_evidence`), times a
     visibility factor ``min(1, visible_fraction / 0.4)`` (an object hidden by more than 60 % cannot
     be confirmed) and ``min(1, seen / MIN_SEEN_FRACTION)`` with ``seen`` the share of the
-    silhouette inside the image and unoccluded, times ``1 - CONTRAST_GATE`` for a textured render
-    over a plain observation (:func:`contrast_agreement`), mapped by a logistic centred on 0.72 (slope 20):
+    silhouette inside the image and unoccluded, times down to ``1 - TEXTURE_GATE`` for a textured
+    render whose texture is not seen (a plain observation, :func:`contrast_agreement`, or NCC under
+    ``NCC_FULL``), mapped by a logistic centred on 0.72 (slope 20):
     the raw score that separated right from wrong poses on generated data (docs/tracking.md).
     Geometry alone cannot reject a pose flipped onto a geometric symmetry of the shape; the colour
     term does, as far as the texture allows. Without depth: SSIM and NCC only. Zero when the render covers fewer than
@@ -334,10 +338,12 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
         # and BOP's sense of visible (occlusion and the image border): below ~10 % of the object
         # in view nothing can be confirmed (an object leaving the view stayed "valid" at 9.9 %)
         raw *= min(1.0, d.get("in_image_fraction", 1.0) * d["visible_fraction"] / MIN_SEEN_FRACTION)
-        # a textured model seen as a plain patch is not there, however well the geometry fits:
-        # geometry alone gives ~0.6, and a printed_box fitted to the table 29 cm from where it
-        # was (out of view; observed/rendered spread 0.11) was reported valid at 0.6
-        raw *= 1.0 - CONTRAST_GATE * texture_weight(d) * (1.0 - contrast_agreement(d))
+        # a textured model seen as a plain patch, or whose texture does not correlate with the
+        # image, is not confirmed however well the geometry fits: geometry alone gives ~0.6-0.75
+        # (a printed_box fitted to the table 29 cm from where it was, out of view: spread ratio
+        # 0.11, NCC 0.03, 0.6; a mug turned 147 deg about its axis: NCC 0.08, 0.76)
+        texture_agreement = min(contrast_agreement(d), float(np.clip(d.get("ncc", 0.0) / NCC_FULL, 0.0, 1.0)))
+        raw *= 1.0 - TEXTURE_GATE * texture_weight(d) * (1.0 - texture_agreement)
     else:
         raw = 0.5 * photo + 0.5 * float(np.clip(d.get("ssim", 0.0), 0.0, 1.0))
     return float(1.0 / (1.0 + math.exp(-(raw - 0.72) * 20.0)))
