@@ -17,7 +17,9 @@ training step, so training draws from a *refreshed pool* of rendered views:
 2. A **sample** is cut from a view with 2D operations only, which are exact for a pinhole camera (a
    crop is a new K): a square crop around the silhouette's box, 1.05-1.6x its size with its centre
    jittered as a detector's would be, or (``context_fraction`` of the samples) 1.8-7x its size
-   with the object anywhere in it, as in the full-frame pass that finds the object. Then: Lambert
+   with the object anywhere in it, as in the full-frame pass that finds the object, or
+   (``truncate_fraction``) 1.2-4x its size with one crop edge cutting through it (12-75 % of its
+   extent across that edge kept), as when it enters or leaves the view. Then: Lambert
    shading with a random light, a specular blob, pasted on a random background (flat, gradient,
    value noise, stripes, plus clutter of random shapes), random occluders (the mask target excludes
    them), colour/contrast/saturation/gamma jitter, blur and noise.
