@@ -48,6 +48,8 @@ MAX_PREDICTION_RATIO = 3.0
 MIN_MASK_ON_POSE = 0.5
 #: Half-turned detections within this of the best confidence are ranked by their colour correlation.
 FLIP_TIE = 0.1
+#: ... and a detection whose depth inlier ratio reaches this is checked whatever its confidence.
+FLIP_MIN_INLIERS = 0.6
 
 __all__ = ["TrackerConfig", "PoseTracker", "resolve_device", "load_object_model"]
 
@@ -68,8 +70,8 @@ class TrackerConfig:
     # low score sends it to a re-detection; 0 iterations turns this off
     recover_below: float = 0.9
     recover_iterations: int = 12
-    # a detection that ends at valid_threshold / 2 or more is compared with its three half-turns
-    # about the object's box axes (symmetric-looking shapes: a box upside down)
+    # a detection that ends at valid_threshold / 2 or more, or fits the depth (FLIP_MIN_INLIERS), is
+    # compared with its three half-turns about the object's box axes (a box upside down)
     try_flips: bool = True
     num_threads: int = 0  # torch CPU threads (0 = leave torch's setting)
     refiner: dict = field(default_factory=dict)
@@ -204,7 +206,11 @@ class PoseTracker:
         r = self._refine_candidate(frame, T_c, getattr(c, "mask", None), stages)
         r.diagnostics["coarse_confidence"] = float(getattr(c, "confidence", float("nan")))
         iterations = r.iterations
-        if r.confidence >= 0.5 * self.config.valid_threshold and self.config.try_flips:
+        # a half-turn's confidence may be gated down by its texture alone (NCC), so the depth fit
+        # also qualifies a detection for the check (printed_box frame 7: 169 deg, 0.03, inliers 0.81)
+        plausible = r.confidence >= 0.5 * self.config.valid_threshold or \
+            r.diagnostics.get("depth_inlier_ratio", 0.0) >= FLIP_MIN_INLIERS
+        if plausible and self.config.try_flips:
             r = self._best_flip(frame, r, stages)
             iterations = r.iterations
         for alt in getattr(c, "alternatives", [])[:1]:
