@@ -274,6 +274,8 @@ CONTRAST_RATIO = (0.08, 0.2)
 #: 0.26-0.87).
 TEXTURE_GATE = 0.4
 NCC_FULL = 0.2
+#: Seen share (in the image, unoccluded) under which a plain render's raw score is scaled down.
+PLAIN_MIN_SEEN = 0.4
 #: Fraction of the silhouette seen (inside the image and not occluded) below which the confidence
 #: is scaled down proportionally (BOP counts an object with visib_fract < 0.1 as not visible).
 MIN_SEEN_FRACTION = 0.15
@@ -323,7 +325,8 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
     be confirmed) and ``min(1, seen / MIN_SEEN_FRACTION)`` with ``seen`` the share of the
     silhouette inside the image and unoccluded, times down to ``1 - TEXTURE_GATE`` for a textured
     render whose texture is not seen (a plain observation, :func:`contrast_agreement`, or NCC under
-    ``NCC_FULL``), mapped by a logistic centred on 0.72 (slope 20):
+    ``NCC_FULL``) and, for a plain render, by ``min(1, seen / PLAIN_MIN_SEEN)``, mapped by a logistic
+    centred on 0.72 (slope 20):
     the raw score that separated right from wrong poses on generated data (docs/tracking.md).
     Geometry alone cannot reject a pose flipped onto a geometric symmetry of the shape; the colour
     term does, as far as the texture allows. Without depth: SSIM and NCC only. Zero when the render covers fewer than
@@ -344,6 +347,11 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
         # 0.11, NCC 0.03, 0.6; a mug turned 147 deg about its axis: NCC 0.08, 0.76)
         texture_agreement = min(contrast_agreement(d), float(np.clip(d.get("ncc", 0.0) / NCC_FULL, 0.0, 1.0)))
         raw *= 1.0 - TEXTURE_GATE * texture_weight(d) * (1.0 - texture_agreement)
+        # a plain visible part is confirmed by its shape alone, and a small plain patch of a
+        # curved shape fits many surfaces (a toy's plain back, 26 % in the image, fitted to a
+        # pole of similar colour out of view: 0.94): plain views need more of the object in sight
+        seen = d.get("in_image_fraction", 1.0) * d["visible_fraction"]
+        raw *= 1.0 - (1.0 - texture_weight(d)) * (1.0 - min(1.0, seen / PLAIN_MIN_SEEN))
     else:
         raw = 0.5 * photo + 0.5 * float(np.clip(d.get("ssim", 0.0), 0.0, 1.0))
     return float(1.0 / (1.0 + math.exp(-(raw - 0.72) * 20.0)))

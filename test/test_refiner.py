@@ -105,6 +105,11 @@ def test_a_textured_render_on_a_plain_surface_scores_low():
     assert combine_confidence(wall, True) < 0.1
     assert combine_confidence(table, True) < 0.1
     assert combine_confidence(turned, True) < 0.2
+    # a toy's plain back, 26 % of it in the image, fitted to a pole of similar colour (out of view): 0.94 before
+    plain_patch = {"rendered_pixels": 1352, "depth_pixels": 349, "depth_inlier_ratio": 0.902, "silhouette_iou": 0.907,
+                   "visible_fraction": 1.0, "in_image_fraction": 0.26, "ncc": 0.118, "render_std": 0.039,
+                   "observed_std": 0.04}
+    assert combine_confidence(plain_patch, True) < 0.5
     assert combine_confidence(true, True) > 0.9
 
 
