@@ -38,7 +38,8 @@ import torch
 from gs2pose_ros.errors import ConfigError, InputError, ModelFileError
 from gs2pose_ros.frame import Frame, PoseEstimate, TrackingState
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
-from gs2pose_ros.refiner import AppearanceState, GSRefiner, RefinerConfig, RefineResult, check_config_keys
+from gs2pose_ros.refiner import (AppearanceState, GSRefiner, RefinerConfig, RefineResult, check_config_keys,
+                                 texture_weight)
 
 #: Cap on how far the constant-velocity prediction extrapolates the last inter-frame motion
 #: (in multiples of it) after a long gap between processed frames.
@@ -50,6 +51,9 @@ MIN_MASK_ON_POSE = 0.5
 FLIP_TIE = 0.1
 #: ... and a detection whose depth inlier ratio reaches this is checked whatever its confidence.
 FLIP_MIN_INLIERS = 0.6
+#: A half-turn replaces the detection only with at least this NCC on a textured render (the right
+#: half-turns of printed_box detections: 0.71-0.76).
+FLIP_MIN_NCC = 0.4
 
 __all__ = ["TrackerConfig", "PoseTracker", "resolve_device", "load_object_model"]
 
@@ -280,6 +284,10 @@ class PoseTracker:
             rf._appearance = app  # type: ignore[attr-defined]
             rf.diagnostics["flipped_about"] = axis.tolist()
             candidates.append(rf)
+        # a half-turn is chosen for its texture, so its texture must clearly agree: a garbage fit
+        # 2.4 m behind an out-of-view toy became a 0.69 "pose" as a half-turn with NCC 0.31
+        candidates = [r] + [c for c in candidates[1:] if c.diagnostics.get("ncc", 0.0) >= FLIP_MIN_NCC
+                            and texture_weight(c.diagnostics) >= 0.5]
         top = max(c.confidence for c in candidates)
         tied = [c for c in candidates if c.confidence >= top - FLIP_TIE]
         return max(tied, key=lambda c: (c.diagnostics.get("ncc", 0.0), c.confidence))
