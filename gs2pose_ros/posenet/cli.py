@@ -34,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", type=int, default=None, help="rendered views kept in the pool (default 500 on CPU, 2000 on CUDA)")
     p.add_argument("--refresh", type=float, default=None,
                    help="new views rendered per step into the pool (default 0.5 on CPU, 4 on CUDA)")
+    p.add_argument("--truncate-fraction", type=float, default=0.15, metavar="F",
+                   help="share of samples with the object cut by a crop edge, as entering or leaving the view "
+                        "(default 0.15; 0 trains as before session 3, e.g. the shipped printed_box weights)")
     p.add_argument("--views-from", default=None, metavar="DATASET",
                    help="sample rotations around the reference views of this BOP dataset/scene instead of the whole sphere")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; "
@@ -97,7 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
                       pool_size=args.pool or (2000 if cuda else 500),
                       refresh_per_iter=args.refresh if args.refresh is not None else (4.0 if cuda else 0.5),
                       time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit, network=net_cfg,
-                      snapshot_s=_minutes(args.snapshot_minutes))
+                      snapshot_s=_minutes(args.snapshot_minutes), truncate_fraction=args.truncate_fraction)
     rotations = None
     if args.views_from:
         rotations = _reference_rotations(args.views_from, meta)
