@@ -420,7 +420,8 @@ class CoarsePose:
     inlier_ratio, agreement: the two factors of the confidence.
     stages: seconds per stage.
     alternatives: the poses found for the other full-frame candidates (tried while none was
-    confident), most confident first; a caller that can verify poses (the refiner) checks them too.
+    confident), in the full-frame pass's order; a caller that can verify poses (the refiner)
+    checks them too.
     """
 
     T_cam_obj: Optional[np.ndarray]
@@ -605,9 +606,14 @@ class CoarsePoseEstimator:
             results.append(self._estimate_in(frame, box, roi is None, stages))
             if results[-1].confidence >= self.candidate_confidence:
                 break
-        results.sort(key=lambda r: -r.confidence)
-        best = results[0]
-        best.alternatives = results[1:]
+        # the most probable component stays first unless another one is confident and it is not:
+        # ranking by the coarse confidence alone put a same-shaped distractor (0.18) before the
+        # toy itself (toy frame 6), and the refiner then confirmed the distractor at 0.95
+        k = 0
+        if results[0].confidence < self.candidate_confidence:
+            k = next((i for i, r in enumerate(results) if r.confidence >= self.candidate_confidence), 0)
+        best = results[k]
+        best.alternatives = results[:k] + results[k + 1:]
         best.stages = stages
         return best
 
