@@ -274,8 +274,8 @@ CONTRAST_RATIO = (0.08, 0.2)
 #: 0.26-0.87).
 TEXTURE_GATE = 0.4
 NCC_FULL = 0.2
-#: Seen share (in the image, unoccluded) under which a plain render's raw score is scaled down.
-PLAIN_MIN_SEEN = 0.4
+#: Share of a plain render inside the image under which its raw score is scaled down.
+PLAIN_MIN_IN_IMAGE = 0.4
 #: Fraction of the silhouette seen (inside the image and not occluded) below which the confidence
 #: is scaled down proportionally (BOP counts an object with visib_fract < 0.1 as not visible).
 MIN_SEEN_FRACTION = 0.15
@@ -325,7 +325,7 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
     be confirmed) and ``min(1, seen / MIN_SEEN_FRACTION)`` with ``seen`` the share of the
     silhouette inside the image and unoccluded, times down to ``1 - TEXTURE_GATE`` for a textured
     render whose texture is not seen (a plain observation, :func:`contrast_agreement`, or NCC under
-    ``NCC_FULL``) and, for a plain render, by ``min(1, seen / PLAIN_MIN_SEEN)``, mapped by a logistic
+    ``NCC_FULL``) and, for a plain render, by ``min(1, in_image / PLAIN_MIN_IN_IMAGE)``, mapped by a logistic
     centred on 0.72 (slope 20):
     the raw score that separated right from wrong poses on generated data (docs/tracking.md).
     Geometry alone cannot reject a pose flipped onto a geometric symmetry of the shape; the colour
@@ -349,9 +349,11 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
         raw *= 1.0 - TEXTURE_GATE * texture_weight(d) * (1.0 - texture_agreement)
         # a plain visible part is confirmed by its shape alone, and a small plain patch of a
         # curved shape fits many surfaces (a toy's plain back, 26 % in the image, fitted to a
-        # pole of similar colour out of view: 0.94): plain views need more of the object in sight
-        seen = d.get("in_image_fraction", 1.0) * d["visible_fraction"]
-        raw *= 1.0 - (1.0 - texture_weight(d)) * (1.0 - min(1.0, seen / PLAIN_MIN_SEEN))
+        # pole of similar colour out of view: 0.94): plain views need more of the object inside
+        # the image. Only the image border counts here: an occluder's depth in front of the
+        # render is evidence too (a plain mug 60-67 % behind a card is right and must stay valid)
+        in_image = d.get("in_image_fraction", 1.0)
+        raw *= 1.0 - (1.0 - texture_weight(d)) * (1.0 - min(1.0, in_image / PLAIN_MIN_IN_IMAGE))
     else:
         raw = 0.5 * photo + 0.5 * float(np.clip(d.get("ssim", 0.0), 0.0, 1.0))
     return float(1.0 / (1.0 + math.exp(-(raw - 0.72) * 20.0)))
