@@ -2,8 +2,10 @@
 
 States (:class:`~gs2pose_ros.frame.TrackingState`):
 
-* ``INITIALIZING``: no pose yet. Every frame: coarse pose (Pose-Net) + full refinement; a result
-  with ``confidence >= accept_threshold`` starts ``TRACKING``.
+* ``INITIALIZING``: no pose yet. Every frame: coarse pose (Pose-Net) + full refinement, checked
+  against its half-turns about the box axes and, when it does not verify, Pose-Net's second
+  full-frame candidate (a "detection"); a result with ``confidence >= accept_threshold`` starts
+  ``TRACKING``.
 * ``TRACKING``: each frame warm-starts from the previous pose moved by a constant-velocity
   prediction and runs the short refinement (``track_iterations``). A result below
   ``recover_below`` is refined again from itself (full ICP, ``recover_iterations`` steps: the warm
@@ -231,7 +233,7 @@ class PoseTracker:
 
     def _refine_candidate(self, frame: Frame, T_c: np.ndarray, mask: Optional[np.ndarray],
                           stages: dict) -> RefineResult:
-        """Full refinement of a candidate pose (a coarse pose, or the last pose of a lost track)
+        """Full refinement of a candidate pose (Pose-Net's coarse pose or one of its alternatives)
         on a fresh appearance copy, continued when it stopped half-way; ``mask``: Pose-Net's."""
         app = AppearanceState(self.model)
         t0 = time.perf_counter()
