@@ -301,8 +301,8 @@ def photometric_evidence(d: dict) -> float:
     """Colour evidence in [0, 1] for the confidence.
 
     A textured render: ``min(1, max(NCC, 0) / 0.35)``, scaled down when the observation is far
-    plainer than the render (``CONTRAST_RATIO``: the correlation is then with noise). NCC says nothing when the visible part of
-    the render is plain (its only variance is noise and the silhouette's edge): then the evidence is
+    plainer than the render (``CONTRAST_RATIO``: the correlation is then with noise). NCC says
+    nothing when the visible part of the render is plain (its only variance is noise and the silhouette's edge): then the evidence is
     whether the observation over the same pixels is plain too. The two are blended by the render's
     colour spread (``TEXTURE_STD``).
     """
@@ -325,8 +325,8 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
     be confirmed) and ``min(1, seen / MIN_SEEN_FRACTION)`` with ``seen`` the share of the
     silhouette inside the image and unoccluded, times down to ``1 - TEXTURE_GATE`` for a textured
     render whose texture is not seen (a plain observation, :func:`contrast_agreement`, or NCC under
-    ``NCC_FULL``) and, for a plain render, by ``min(1, in_image / PLAIN_MIN_IN_IMAGE)``, mapped by a logistic
-    centred on 0.72 (slope 20):
+    ``NCC_FULL``) and, for a plain render, by ``min(1, in_image / PLAIN_MIN_IN_IMAGE)``, mapped by
+    a logistic centred on 0.72 (slope 20):
     the raw score that separated right from wrong poses on generated data (docs/tracking.md).
     Geometry alone cannot reject a pose flipped onto a geometric symmetry of the shape; the colour
     term does, as far as the texture allows. Without depth: SSIM and NCC only. Zero when the render covers fewer than
@@ -345,8 +345,9 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
         # image, is not confirmed however well the geometry fits: geometry alone gives ~0.6-0.75
         # (a printed_box fitted to the table 29 cm from where it was, out of view: spread ratio
         # 0.11, NCC 0.03, 0.6; a mug turned 147 deg about its axis: NCC 0.08, 0.76)
-        texture_agreement = min(contrast_agreement(d), float(np.clip(d.get("ncc", 0.0) / NCC_FULL, 0.0, 1.0)))
-        raw *= 1.0 - TEXTURE_GATE * texture_weight(d) * (1.0 - texture_agreement)
+        if "ncc" in d:  # (diagnostics without colour statistics: no gate)
+            texture_agreement = min(contrast_agreement(d), float(np.clip(d["ncc"] / NCC_FULL, 0.0, 1.0)))
+            raw *= 1.0 - TEXTURE_GATE * texture_weight(d) * (1.0 - texture_agreement)
         # a plain visible part is confirmed by its shape alone, and a small plain patch of a
         # curved shape fits many surfaces (a toy's plain back, 26 % in the image, fitted to a
         # pole of similar colour out of view: 0.94): plain views need more of the object inside
