@@ -22,6 +22,7 @@ __all__ = [
     "sample_surface_points",
     "write_mesh_ply",
     "model_info_from_mesh",
+    "pca_normals",
 ]
 
 _SCALE = {"mm": 1e-3, "m": 1.0}
@@ -233,6 +234,18 @@ def _vertex_colors_of(mesh) -> np.ndarray | None:
         except Exception:
             return None
     return None
+
+
+def pca_normals(points: np.ndarray, tree, k: int) -> np.ndarray:
+    """Unit normals [N, 3] (sign arbitrary) of a point set [N, 3] on a surface: the direction of
+    least spread of each point's ``k`` nearest neighbours (``tree``: a ``scipy.spatial.cKDTree`` of
+    ``points``). Wrong across walls thinner than the neighbourhood."""
+    k = int(min(k, len(points)))
+    _, nn = tree.query(points, k=k)
+    nb = points[nn.reshape(len(points), k)]
+    c = nb - nb.mean(1, keepdims=True)
+    _, vecs = np.linalg.eigh(np.einsum("nki,nkj->nij", c, c))
+    return vecs[:, :, 0]  # smallest eigenvalue's eigenvector
 
 
 def write_mesh_ply(mesh, path: str | Path, units: str = "mm") -> Path:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
 from gs2pose_ros.camera import PinholeCamera, backproject_depth, crop_box_around, crop_image
+from gs2pose_ros.mesh import pca_normals
 from gs2pose_ros.errors import ConfigError, InputError
 from gs2pose_ros.frame import Frame
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
@@ -213,16 +214,6 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> torch.Te
     return s[0].mean(0)
 
 
-def _pca_normals(points: np.ndarray, tree: cKDTree, k: int = 12) -> np.ndarray:
-    """Unit normals (sign arbitrary) of a point set by PCA of each point's k nearest neighbours."""
-    k = min(k, len(points))
-    _, idx = tree.query(points, k=k)
-    nb = points[idx] - points[idx].mean(1, keepdims=True)
-    cov = np.einsum("nki,nkj->nij", nb, nb)
-    _, vec = np.linalg.eigh(cov)
-    return vec[:, :, 0]
-
-
 def _masked_ncc(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> float:
     """Zero-mean normalised cross-correlation of two [H, W, 3] images over mask ``m`` (all channels
     pooled, each channel centred separately): invariant to per-channel gain and offset."""
@@ -386,7 +377,7 @@ class GSRefiner:
         means = self.model.means.detach().cpu().double().numpy()
         self._points = means
         self._tree = cKDTree(means)
-        self._normals = _pca_normals(means, self._tree)
+        self._normals = pca_normals(means, self._tree, k=12)
         # typical distance between neighbouring centres (for the visibility z-buffer of the ICP)
         self._spacing = float(np.median(self._tree.query(means, k=2)[0][:, 1])) if len(means) > 1 else 0.003
         lo = np.asarray(metadata.bbox_min, dtype=np.float64)
