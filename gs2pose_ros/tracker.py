@@ -271,24 +271,25 @@ class PoseTracker:
         equally well, so geometry saturates the confidence (a printed_box detection turned 180
         deg scored 0.93-0.99, NCC 0.15-0.26, the true pose 0.99, NCC 0.60) and only the texture
         tells them apart. The coarse stage's own flip check scores depth and NOCS only."""
+        from gs2pose_ros.posenet.coarse import HALF_TURNS, turned_about  # (as _load_coarse: optional)
+
         centre = 0.5 * (self.bbox_min + self.bbox_max)
-        candidates = [r]
-        for axis in np.eye(3):
-            F = np.eye(4)
-            F[:3, :3] = cv2.Rodrigues(axis * np.pi)[0]
-            F[:3, 3] = centre - F[:3, :3] @ centre  # about the box centre
+        turns = []
+        for axis, F in zip(np.eye(3), HALF_TURNS):
+            T_f = np.eye(4)
+            T_f[:3, :3], T_f[:3, 3] = turned_about(r.T_cam_obj[:3, :3], r.T_cam_obj[:3, 3], F, centre)
             app = AppearanceState(self.model)
             t0 = time.perf_counter()
-            rf = self.refiner.refine(frame, r.T_cam_obj @ F, iterations=self.config.recover_iterations,
+            rf = self.refiner.refine(frame, T_f, iterations=self.config.recover_iterations,
                                      appearance=app, adapt=False, schedule=self.refiner.config.track_schedule)
             stages["flips"] = stages.get("flips", 0.0) + time.perf_counter() - t0
             rf.iterations += r.iterations
             rf._appearance = app  # type: ignore[attr-defined]
             rf.diagnostics["flipped_about"] = axis.tolist()
-            candidates.append(rf)
+            turns.append(rf)
         # a half-turn is chosen for its texture, so its texture must clearly agree: a garbage fit
         # 2.4 m behind an out-of-view toy became a 0.69 "pose" as a half-turn with NCC 0.31
-        candidates = [r] + [c for c in candidates[1:] if c.diagnostics.get("ncc", 0.0) >= FLIP_MIN_NCC
+        candidates = [r] + [c for c in turns if c.diagnostics.get("ncc", 0.0) >= FLIP_MIN_NCC
                             and texture_weight(c.diagnostics) >= 0.5]
         top = max(c.confidence for c in candidates)
         tied = [c for c in candidates if c.confidence >= top - FLIP_TIE]

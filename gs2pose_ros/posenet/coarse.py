@@ -59,7 +59,8 @@ from gs2pose_ros.errors import InputError
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
 
 __all__ = ["CoarsePose", "CoarsePoseEstimator", "decode_nocs", "kabsch", "ransac_kabsch", "ransac_kabsch_hypotheses",
-           "ModelGeometry", "icp_point_to_plane", "rotation_grid", "pnp_ransac", "letterbox"]
+           "ModelGeometry", "icp_point_to_plane", "rotation_grid", "pnp_ransac", "letterbox", "HALF_TURNS",
+           "turned_about"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,6 +217,17 @@ def rotation_grid(views: int = 30, in_plane: int = 6) -> np.ndarray:
     return np.asarray(out)
 
 
+#: The half-turns about the object's x, y and z axes (rotation matrices, object frame).
+HALF_TURNS = (np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0]))
+
+
+def turned_about(R: np.ndarray, t: np.ndarray, R_delta: np.ndarray, point) -> tuple:
+    """The pose ``(R, t)`` (object -> camera) with the object turned by ``R_delta`` about ``point``
+    (object frame, e.g. its box centre), which stays where it was: ``(R R_delta, R p + t - R R_delta p)``."""
+    Rn = R @ R_delta
+    return Rn, R @ point + t - Rn @ point
+
+
 def _same_pose(R1, t1, R2, t2, max_deg: float, max_dist: float) -> bool:
     c = (np.trace(R1.T @ R2) - 1.0) / 2.0
     return c > math.cos(math.radians(max_deg)) and float(np.linalg.norm(t1 - t2)) < max_dist
@@ -249,13 +261,9 @@ class ModelGeometry:
             self.normals = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
             return
         # PCA over the nearest neighbours (wrong across thin walls, hence the Gaussians' own when flat)
-        k = int(min(neighbours, len(pts)))
-        _, nn = self.tree.query(pts, k=k)
-        nb = pts[nn.reshape(len(pts), k)]
-        c = nb - nb.mean(1, keepdims=True)
-        cov = np.einsum("nki,nkj->nij", c, c)
-        _, vecs = np.linalg.eigh(cov)
-        nrm = vecs[:, :, 0]  # smallest eigenvalue: the local surface normal (sign irrelevant here)
+        from gs2pose_ros.mesh import pca_normals
+
+        nrm = pca_normals(pts, self.tree, neighbours)
         self.normals = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
 
     @classmethod
@@ -791,9 +799,7 @@ class CoarsePoseEstimator:
                 # the best pose turned by 180 degrees about each object axis through the box centre:
                 # the usual ambiguity of a near-symmetric shape, which RANSAC on noisy NOCS may miss
                 flipped = True
-                for F in (np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])):
-                    Rf = best["R"] @ F
-                    cands.append((Rf, best["R"] @ centre + best["t"] - Rf @ centre))
+                cands.extend(turned_about(best["R"], best["t"], F, centre) for F in HALF_TURNS)
             Rh, th = cands[k]
             k += 1
             if not np.all(np.isfinite(Rh)) or not np.all(np.isfinite(th)):
@@ -825,10 +831,15 @@ class CoarsePoseEstimator:
         return details["check"]["R"], details["check"]["t"], details
 
     @staticmethod
+    def _score_colour(chk: dict) -> float:
+        """The depth check's colour factor: its correlation, 0.75 (neutral) where the visible part
+        had no texture to compare."""
+        return 0.75 if math.isnan(chk["colour"]) else chk["colour"]
+
+    @staticmethod
     def _geometric_score(chk: dict) -> float:
         """The depth check's score without the NOCS term (for poses the NOCS did not propose)."""
-        colour = 0.75 if math.isnan(chk["colour"]) else chk["colour"]
-        return chk["match"] * (1.0 - chk["violation"]) * chk["fit"] * colour
+        return chk["match"] * (1.0 - chk["violation"]) * chk["fit"] * CoarsePoseEstimator._score_colour(chk)
 
     def _search(self, Xr, Xm, K_crop, depth_crop, rgb_crop, P, Q, centre, radius, nocs_best):
         """Fallback when the NOCS hypotheses explain the depth poorly (an under-trained network): a
@@ -876,9 +887,7 @@ class CoarsePoseEstimator:
         base = win
         for axis in np.eye(3):
             for deg in (-24.0, -16.0, -8.0, 8.0, 16.0, 24.0):
-                Ra = _rodrigues(axis * math.radians(deg))
-                R0 = base["R"] @ Ra
-                t0 = base["R"] @ centre + base["t"] - R0 @ centre
+                R0, t0 = turned_about(base["R"], base["t"], _rodrigues(axis * math.radians(deg)), centre)
                 Ri, ti, _ = icp_point_to_plane(R0, t0, Xl, geom, 2 * tol, tol, 5, K=K_crop)
                 chk = self.depth_check(Ri, ti, K_crop, depth_crop, Xm, P, Q, rgb_crop)
                 chk["R"], chk["t"] = Ri, ti
@@ -971,8 +980,7 @@ class CoarsePoseEstimator:
             den = math.sqrt(float((mc * mc).sum()) * float((oc * oc).sum()))
             if den > 1e-9 and float(mc.std(0).max()) > 0.03:  # the visible part has some texture
                 res["colour"] = 0.5 * (1.0 + float((mc * oc).sum()) / den)
-        colour = 0.75 if math.isnan(res["colour"]) else res["colour"]  # no texture to compare: neutral
-        res["score"] = res["match"] * (1.0 - res["violation"]) * res["fit"] * res["nocs"] * colour
+        res["score"] = res["match"] * (1.0 - res["violation"]) * res["fit"] * res["nocs"] * self._score_colour(res)
         return res
 
     def _agreement(self, T, K_crop, mask, proj) -> float:
