@@ -81,6 +81,9 @@ class TrackerConfig:
     try_flips: bool = True
     num_threads: int = 0  # torch CPU threads (0 = leave torch's setting)
     refiner: dict = field(default_factory=dict)
+    # keyword options of the coarse stage (CoarsePoseEstimator), e.g. {"locate_size": 320} for an
+    # object that fills a few percent of the frame
+    coarse: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "TrackerConfig":
@@ -126,8 +129,9 @@ def load_object_model(model_path, device) -> tuple[GaussianModel, ObjectMetadata
     return model, meta
 
 
-def _load_coarse(posenet_path, model: GaussianModel, metadata: ObjectMetadata, device):
-    """Pose-Net's coarse estimator for ``posenet_path`` (None -> no coarse stage)."""
+def _load_coarse(posenet_path, model: GaussianModel, metadata: ObjectMetadata, device, options=None):
+    """Pose-Net's coarse estimator for ``posenet_path`` (None -> no coarse stage); ``options``:
+    keyword arguments of :class:`~gs2pose_ros.posenet.coarse.CoarsePoseEstimator`."""
     if posenet_path is None:
         return None
     path = Path(posenet_path)
@@ -137,7 +141,10 @@ def _load_coarse(posenet_path, model: GaussianModel, metadata: ObjectMetadata, d
         from gs2pose_ros.posenet.coarse import CoarsePoseEstimator
     except ImportError as exc:
         raise ModelFileError(f"{path}: the Pose-Net coarse stage is not available in this build ({exc})") from exc
-    return CoarsePoseEstimator.from_file(path, model=model, device=device)
+    try:
+        return CoarsePoseEstimator.from_file(path, model=model, device=device, **(options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"tracker config 'coarse': {exc}; see CoarsePoseEstimator's arguments") from None
 
 
 class PoseTracker:
@@ -176,8 +183,10 @@ class PoseTracker:
         dev = resolve_device(device)
         if isinstance(config, (str, Path)):
             config = _read_config_file(Path(config))
+        if not isinstance(config, TrackerConfig):
+            config = TrackerConfig.from_dict(config)
         model, meta = load_object_model(model_path, dev)
-        coarse = _load_coarse(posenet_path, model, meta, dev)
+        coarse = _load_coarse(posenet_path, model, meta, dev, config.coarse)
         return cls(model, meta, coarse=coarse, config=config, device=dev)
 
     # -- state -------------------------------------------------------------------------------------

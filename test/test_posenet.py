@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from gs2pose_ros.errors import ModelFileError
+from gs2pose_ros.errors import ConfigError, ModelFileError
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
 from gs2pose_ros.posenet.coarse import (CoarsePoseEstimator, ModelGeometry, decode_nocs, icp_point_to_plane, kabsch,
                                         letterbox, pnp_ransac, ransac_kabsch, ransac_kabsch_hypotheses)
@@ -444,6 +445,26 @@ def test_full_frame_candidates_most_probable_first():
     assert est._mask_boxes(np.zeros((8, 8), np.float32)) == []
 
 
+def test_locate_size_sets_the_full_frame_pass():
+    """``locate_size`` is the side of the letterboxed full-frame pass; boxes come back in frame pixels."""
+    from gs2pose_ros.frame import Frame
+
+    net = PoseNet(TINY).eval()
+    with torch.no_grad():
+        net.head_mask.bias.fill_(8.0)  # "object" everywhere: the box is the whole image
+    frame = Frame.validated(np.zeros((60, 80, 3), np.uint8), [[80.0, 0, 40], [0, 80, 30], [0, 0, 1]])
+    for size in (None, 64, 96):
+        est = CoarsePoseEstimator(net, _meta(), None, locate_size=size)
+        seen = []
+        predict = est.predict
+        est.predict = lambda img: seen.append(img.shape) or predict(img)
+        box = est.locate(frame)
+        assert seen == [(size or 32, size or 32, 3)]
+        np.testing.assert_allclose(box, (0, 0, 80, 60), atol=80 / (size or 32) + 1e-6)
+    with pytest.raises(ConfigError):
+        CoarsePoseEstimator(net, _meta(), None, locate_size=72)
+
+
 def test_cli_registers_the_subcommands():
     import argparse
 
@@ -487,3 +508,93 @@ def test_search_finds_the_pose_when_the_nocs_mean_nothing():
     plain = CoarsePoseEstimator(PoseNet(TINY), meta, model, ransac_iterations=200, search=False)
     p2 = plain.pose_from_prediction(junk, K, depth)
     assert p2.confidence < 0.3
+
+
+# -- real views -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_views_and_model(tmp_path_factory):
+    """16 generated reference views of the toy (160x120, masks, ground truth) and a Gaussian model
+    sampled from the toy's mesh, as `gs2pose build-model --mesh` makes it."""
+    import argparse
+
+    from gs2pose_ros.gaussians import read_gaussian_ply, read_object_metadata
+    from gs2pose_ros.reconstruct import build_model_from_mesh, resolve_reference_scene
+    from gs2pose_ros.synth import cli
+
+    out = tmp_path_factory.mktemp("real_views") / "toy"
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["synth", "--out", str(out), "--object", "toy", "--frames", "1", "--ref-views", "16",
+                              "--seed", "0", "--no-progress", "--width", "160", "--height", "120",
+                              "--distractors", "0"])
+    assert args.func(args) == 0
+    build_model_from_mesh(out / "models" / "obj_000001.ply", units="mm", n_gaussians=4000, seed=1,
+                          out_path=out / "model.ply")
+    model = read_gaussian_ply(out / "model.ply")
+    return resolve_reference_scene(out), model, read_object_metadata(out / "model.ply")
+
+
+def test_real_views_carry_targets_aligned_with_the_image(toy_views_and_model):
+    """The NOCS targets of a real view, decoded to object points and posed by the annotation,
+    project onto their own pixels; the training mask lies inside the annotated visible mask."""
+    from gs2pose_ros.posenet.train import load_real_views
+
+    scene, model, meta = toy_views_and_model
+    views, stats = load_real_views(scene, 1, model, meta)
+    assert stats["views"] == len(views) > 10 and stats["model_covers_mask_median"] > 0.8
+    for (im_id, gt_idx), view in list(zip(scene.instances_of(1), views))[:4]:
+        mask = view[..., 3] > 0.5
+        assert (mask <= scene.mask_visib(im_id, gt_idx)).all()
+        np.testing.assert_allclose(view[..., :3].astype(np.float32), scene.rgb(im_id) / 255.0, atol=2e-3)
+        ys, xs = np.nonzero(mask)
+        inner = view[ys, xs, 4:7].astype(np.float64)
+        P = decode_nocs(inner, meta)
+        T = canonical_pose(scene.gt(im_id)[gt_idx].T, meta)
+        X = P @ T[:3, :3].T + T[:3, 3]
+        K = np.asarray(scene.camera(im_id).K)
+        uv = X[:, :2] / X[:, 2:] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+        err = np.linalg.norm(uv - np.stack([xs + 0.5, ys + 0.5], 1), axis=1)
+        # a pixel's NOCS is the blend of the splats covering it (2-3 px footprints here), so the
+        # decoded points scatter by ~2 px; a misplaced render window would be off by >= 8 px
+        assert np.median(err) < 3.0, (im_id, np.median(err))
+
+
+def test_real_samples_keep_the_real_background(toy_views_and_model):
+    """A sample cut from a real view is the real image's crop (no synthetic background or shading),
+    read correctly from the window around the crop; its targets follow the same crop."""
+    from gs2pose_ros.camera import crop_image
+    from gs2pose_ros.posenet.train import SampleMaker, load_real_views
+
+    scene, model, meta = toy_views_and_model
+    views, _ = load_real_views(scene, 1, model, meta)
+    maker = SampleMaker(48, context_fraction=0.5, truncate_fraction=0.2, augment=False)
+    for seed in range(12):
+        view = views[seed % len(views)]
+        x0, y0, w, h = maker.crop_box(view[..., 3], np.random.default_rng(seed))
+        img, nocs, mask = maker.make(view, np.random.default_rng(seed), real=True)
+        interp = cv2.INTER_AREA if w > 1.5 * 48 else cv2.INTER_LINEAR
+        want = crop_image(view[..., :3].astype(np.float32), x0, y0, w, h, 48, 48, interpolation=interp,
+                          border_value=0.5)
+        np.testing.assert_allclose(img, np.clip(want, 0, 1), atol=1e-5)
+        want_mask = crop_image(view[..., 3].astype(np.float32), x0, y0, w, h, 48, 48, interpolation=interp) > 0.5
+        assert (mask == want_mask).all() and (nocs[~mask] == 0).all()
+    # augmented real samples still come from the real image: no rendered background
+    aug = SampleMaker(48, occluder_prob=0.0)
+    img, _, mask = aug.make(views[0], np.random.default_rng(1), real=True)
+    assert img.shape == (48, 48, 3) and mask.any()
+
+
+def test_training_draws_real_samples(toy_views_and_model, tmp_path):
+    from gs2pose_ros.posenet.train import TrainConfig, load_real_views, train_posenet
+
+    torch.set_num_threads(1)
+    scene, model, meta = toy_views_and_model
+    views, _ = load_real_views(scene, 1, model, meta)
+    cfg = TrainConfig(iterations=6, batch=4, pool_size=4, refresh_per_iter=0.0, val_size=2, log_every=3,
+                      network=TINY, real_fraction=0.75, seed=0)
+    _, hist = train_posenet(model, meta, cfg, progress=False, real_views=views)
+    assert hist["real_views"] == len(views) and 10 <= hist["real_samples"] <= 24
+    with pytest.raises(ConfigError):
+        TrainConfig(real_fraction=1.5)

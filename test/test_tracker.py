@@ -2,6 +2,8 @@
 
 import hashlib
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -113,6 +115,20 @@ def test_config_rejects_unknown_keys():
 
     with pytest.raises(ConfigError):
         TrackerConfig.from_dict({"no_such_setting": 1})
+
+
+def test_coarse_options_reach_the_coarse_stage():
+    """The tracker config's ``coarse`` options configure Pose-Net's estimator; a bad one is a ConfigError."""
+    from gs2pose_ros.errors import ConfigError
+
+    data = Path(__file__).resolve().parent.parent / "gs2pose_ros" / "data" / "printed_box"
+    model, posenet = data / "model.ply", data / "posenet.safetensors"
+    tr = PoseTracker.from_files(model, posenet, config={"coarse": {"locate_size": 256}}, device="cpu")
+    assert tr.coarse.locate_size == 256 and tr.config.coarse == {"locate_size": 256}
+    assert PoseTracker.from_files(model, posenet, device="cpu").coarse.locate_size == tr.coarse.size
+    for bad in ({"locate_size": 100}, {"no_such_option": 1}):
+        with pytest.raises(ConfigError):
+            PoseTracker.from_files(model, posenet, config={"coarse": bad}, device="cpu")
 
 
 @pytest.mark.slow

@@ -39,6 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(default 0.15; 0 trains as before session 3, e.g. the shipped printed_box weights)")
     p.add_argument("--views-from", default=None, metavar="DATASET",
                    help="sample rotations around the reference views of this BOP dataset/scene instead of the whole sphere")
+    p.add_argument("--real-views", default=None, metavar="DATASET",
+                   help="also train on the object's annotated real images in this BOP scene or dataset (the "
+                        "reference views the model was built from: masks and ground-truth poses needed; "
+                        "NOCS targets rendered from the model)")
+    p.add_argument("--real-fraction", type=float, default=0.5, metavar="F",
+                   help="share of the training samples cut from --real-views (default 0.5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; "
                                                               "1 is faster on a CPU shared with other jobs)")
     p.add_argument("--snapshot-minutes", default="", metavar="M1,M2",
@@ -60,6 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--stride", type=int, default=1, help="every n-th frame")
     e.add_argument("--im-ids", default=None, help="'even' or 'odd' image ids only (LM-O protocol)")
     e.add_argument("--no-depth", action="store_true", help="ignore depth: PnP on the RGB image only")
+    e.add_argument("--locate-size", type=int, default=None, metavar="PX",
+                   help="side of the full-frame pass that finds the object (multiple of 16; default: the "
+                        "network's input size; larger finds small objects)")
     e.add_argument("--max-re", type=float, default=15.0, help="success: rotation error at most this (degrees)")
     e.add_argument("--max-te", type=float, default=0.1, help="success: translation error at most this x diameter")
     e.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -100,13 +109,25 @@ def run_train(args: argparse.Namespace) -> int:
                       pool_size=args.pool or (2000 if cuda else 500),
                       refresh_per_iter=args.refresh if args.refresh is not None else (4.0 if cuda else 0.5),
                       time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit, network=net_cfg,
-                      snapshot_s=_minutes(args.snapshot_minutes), truncate_fraction=args.truncate_fraction)
+                      snapshot_s=_minutes(args.snapshot_minutes), truncate_fraction=args.truncate_fraction,
+                      real_fraction=args.real_fraction)
     rotations = None
     if args.views_from:
         rotations = _reference_rotations(args.views_from, meta)
         print(f"train-posenet: sampling around {len(rotations)} reference views of {args.views_from}")
+    real = None
+    if args.real_views:
+        from gs2pose_ros.posenet.train import load_real_views
+        from gs2pose_ros.reconstruct import resolve_object_id, resolve_reference_scene
+
+        scene = resolve_reference_scene(args.real_views)
+        obj_id = meta.obj_id if meta.obj_id is not None else resolve_object_id(scene, meta.name)
+        real, stats = load_real_views(scene, obj_id, model, meta, progress=not args.no_progress)
+        print(f"train-posenet: {stats['views']} real views of object {obj_id} from {args.real_views} "
+              f"({stats['skipped']} skipped: mask too small); the model covers a median "
+              f"{100 * stats['model_covers_mask_median']:.0f} % of their annotated masks")
     net, hist = train_posenet(model, meta, cfg, out_path=args.out, rotations=rotations,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, real_views=real)
     fv = hist["final_val"]
     print(f"train-posenet: {hist['iterations_done']} iterations ({hist['stopped_by']}), "
           f"{hist['views_rendered']} views rendered, {hist['seconds_total'] / 60:.1f} min on {dev} "
@@ -152,7 +173,8 @@ def run_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dev = _device(args.device)
     model = read_gaussian_ply(args.model, device=dev) if args.model else None
-    est = CoarsePoseEstimator.from_file(args.posenet, model=model, device=dev, use_depth=not args.no_depth)
+    est = CoarsePoseEstimator.from_file(args.posenet, model=model, device=dev, use_depth=not args.no_depth,
+                                          locate_size=args.locate_size)
     im_ids = None
     if args.im_ids:
         from pathlib import Path

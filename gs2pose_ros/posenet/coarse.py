@@ -2,8 +2,8 @@
 
 Pipeline of :meth:`CoarsePoseEstimator.estimate` for one :class:`~gs2pose_ros.frame.Frame`:
 
-1. **Finding the object** (no external detector): the whole image letterboxed to the network's input
-   size, one pass, the mask's largest confident connected component -> a box in the frame. Then the
+1. **Finding the object** (no external detector): the whole image letterboxed to ``locate_size``
+   (default: the network's input size; the network is fully convolutional), one pass, the mask's largest confident connected component -> a box in the frame. Then the
    precise pass on a square crop around that box (resampled to the input size; the crop is a new K),
    repeated ``refine_passes`` times around the refined mask; a mask that runs into the crop's
    border means the crop was too tight (a partial detection) and the next crop grows around it. A region of interest from outside (``roi``) skips the
@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 import torch
 
-from gs2pose_ros.errors import InputError
+from gs2pose_ros.errors import ConfigError, InputError
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
 
 __all__ = ["CoarsePose", "CoarsePoseEstimator", "decode_nocs", "kabsch", "ransac_kabsch", "ransac_kabsch_hypotheses",
@@ -470,11 +470,17 @@ class CoarsePoseEstimator:
                  hypotheses: int = 4, icp: bool = True, icp_iterations: int = 15, icp_points: int = 1500,
                  depth_tolerance: float = 0.03, flips: bool = True, anchor_weight: float = 0.02,
                  search: bool = True, search_below: float = 0.5, search_views: int = 30, search_in_plane: int = 6,
-                 low_mask_threshold: float = 0.3, candidates: int = 2, candidate_confidence: float = 0.5):
+                 low_mask_threshold: float = 0.3, candidates: int = 2, candidate_confidence: float = 0.5,
+                 locate_size: Optional[int] = None):
         self.net = posenet.eval()
         self.metadata = metadata
         self.model = model
         self.size = posenet.config.input_size
+        # the full-frame pass's side: the network's input size by default; objects that fill a few
+        # percent of the frame (LM-O's ape: 46 px of 640, 9 px at 128) need a larger pass
+        self.locate_size = int(locate_size or self.size)
+        if self.locate_size % 16 or not 16 <= self.locate_size <= 2048:
+            raise ConfigError(f"coarse: locate_size = {locate_size} must be a multiple of 16 in [16, 2048]")
         self.device = next(posenet.parameters()).device
         self.mask_threshold = mask_threshold
         self.conf_threshold = conf_threshold
@@ -522,7 +528,7 @@ class CoarsePoseEstimator:
 
     @torch.no_grad()
     def predict(self, crop_rgb: np.ndarray) -> dict:
-        """One network pass on an ``[S, S, 3]`` uint8 crop -> numpy ``nocs`` [S, S, 3], ``mask`` [S, S]
+        """One network pass on an ``[S, S, 3]`` uint8 crop (any side divisible by 16) -> numpy ``nocs`` [S, S, 3], ``mask`` [S, S]
         (probability) and ``conf`` [S, S] (probability, ones without a confidence head)."""
         x = torch.from_numpy(np.ascontiguousarray(crop_rgb)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
         out = self.net(x)
@@ -555,7 +561,7 @@ class CoarsePoseEstimator:
     def locate_all(self, frame) -> list:
         """Candidate boxes ``(x0, y0, x1, y1)`` in frame pixels from a full-frame pass, the most
         probable first (empty if nothing is seen)."""
-        img, s = letterbox(frame.rgb, self.size)
+        img, s = letterbox(frame.rgb, self.locate_size)
         prob = self.predict(img)["mask"]
         prob[int(math.ceil(frame.height * s)):] = 0  # the padding is not the image
         prob[:, int(math.ceil(frame.width * s)):] = 0

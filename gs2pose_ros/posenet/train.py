@@ -25,6 +25,12 @@ training step, so training draws from a *refreshed pool* of rendered views:
    them), colour/contrast/saturation/gamma jitter, blur and noise.
 3. The pool is refreshed during training (``refresh_per_iter`` new views per step, replacing random
    old ones), so the network sees ``pool_size + iterations * refresh_per_iter`` distinct views.
+4. Optionally, **real views** (:func:`load_real_views`): the annotated real images the model was
+   built from, whole frames with their own backgrounds, the NOCS targets rendered from the Gaussian
+   model at the annotated pose. ``real_fraction`` of the samples are cut from them with the same
+   crops, occluders and photometric jitter (no synthetic shading or background). Rendered views
+   alone leave a gap to real images that the detection in real clutter did not cross
+   (docs/posenet.md, LM-O); GS2Pose's own code trains on the dataset's real frames as well.
 
 Loss: L1 on NOCS over the (visible) mask target, BCE on the mask, and BCE of the confidence head
 against "this pixel's NOCS error is below 0.04" (computed from the prediction, detached).
@@ -52,7 +58,7 @@ from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata, nocs_colors
 from gs2pose_ros.posenet.network import PoseNet, PoseNetConfig
 
 __all__ = ["TrainConfig", "ViewSampler", "ViewRenderer", "SampleMaker", "train_posenet",
-           "canonical_pose", "posenet_loss", "random_rotation"]
+           "canonical_pose", "posenet_loss", "random_rotation", "load_real_views"]
 
 
 @dataclass
@@ -75,6 +81,7 @@ class TrainConfig:
     log_every: int = 25
     val_size: int = 24
     snapshot_s: tuple = ()  # also save the weights when the elapsed time passes each of these (seconds)
+    real_fraction: float = 0.5  # share of the samples cut from real views, when train_posenet gets any
     network: PoseNetConfig = field(default_factory=PoseNetConfig.cpu)
 
     def __post_init__(self) -> None:
@@ -85,6 +92,8 @@ class TrainConfig:
             raise ConfigError(f"train-posenet: refresh_per_iter = {self.refresh_per_iter} must be in [0, 64]")
         if self.canvas_scale < 1.0:
             raise ConfigError(f"train-posenet: canvas_scale = {self.canvas_scale} must be >= 1")
+        if not 0 <= self.real_fraction <= 1:
+            raise ConfigError(f"train-posenet: real_fraction = {self.real_fraction} must be in [0, 1]")
         if not (0 <= self.context_fraction and 0 <= self.truncate_fraction
                 and self.context_fraction + self.truncate_fraction <= 1):
             raise ConfigError(f"train-posenet: context_fraction ({self.context_fraction}) and truncate_fraction "
@@ -261,6 +270,70 @@ def _normals_from_depth(depth: np.ndarray, alpha: np.ndarray, K: np.ndarray) -> 
     return n
 
 
+@torch.no_grad()
+def load_real_views(scene, obj_id: int, model: GaussianModel, metadata: ObjectMetadata,
+                    min_visible_pixels: int = 100, progress: bool = False) -> tuple:
+    """The object's annotated real images as training views -> ``(views, stats)``.
+
+    scene: a :class:`~gs2pose_ros.bop.BopScene` with masks (``mask_visib/`` or ``mask/``) of
+    ``obj_id``. Each view is float16 ``[H, W, 10]`` in :meth:`ViewRenderer.render_view`'s layout
+    with the whole real image in place of a premultiplied render: RGB (3); the training mask (1):
+    the annotated visible mask where the model's silhouette at the annotated pose covers it too;
+    NOCS times that mask (3), rendered from the Gaussian model at the (canonical) annotated pose so
+    that real and synthetic targets are the same function of the pose; zeros (3, no normals: the
+    real image keeps its own shading). ``stats``: views used, skipped, and the median share of the
+    annotated mask the model covers (low values mean the model and the annotation disagree).
+    Raises DatasetError when no instance has a usable mask.
+    """
+    from gs2pose_ros.errors import DatasetError
+    from gs2pose_ros.render import render
+
+    nocs_cols = nocs_colors(model, metadata).detach()
+    dev, dt = model.device, model.dtype
+    views, agreement, skipped = [], [], 0
+    instances = scene.instances_of(obj_id)
+    if progress:
+        from tqdm import tqdm
+
+        instances = tqdm(instances, desc="reading real views", unit="view", leave=False)
+    for im_id, gt_idx in instances:
+        visib = scene.mask_visib(im_id, gt_idx)
+        if visib is None:
+            visib = scene.mask(im_id, gt_idx)
+        if visib is None or int(visib.sum()) < min_visible_pixels:
+            skipped += 1
+            continue
+        H, W = visib.shape
+        ys, xs = np.nonzero(visib)
+        pad = 8
+        x0, y0 = max(int(xs.min()) - pad, 0), max(int(ys.min()) - pad, 0)
+        x1, y1 = min(int(xs.max()) + 1 + pad, W), min(int(ys.max()) + 1 + pad, H)
+        # render only the window around the object: an integer shift of the principal point
+        K = np.array(scene.camera(im_id).K, dtype=np.float64).copy()
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        T = canonical_pose(scene.gt(im_id)[gt_idx].T, metadata)
+        out = render(model, torch.as_tensor(T, dtype=dt, device=dev), torch.as_tensor(K, dtype=dt, device=dev),
+                     x1 - x0, y1 - y0, background=None, nocs=nocs_cols)
+        alpha = out.alpha.float().cpu().numpy()
+        nocs = out.nocs.float().cpu().numpy() / np.maximum(alpha, 1e-3)[..., None]
+        mask = np.zeros((H, W), bool)
+        mask[y0:y1, x0:x1] = visib[y0:y1, x0:x1] & (alpha > 0.5)
+        agreement.append(mask.sum() / max(int(visib.sum()), 1))
+        view = np.zeros((H, W, 10), np.float16)
+        view[..., :3] = scene.rgb(im_id).astype(np.float32) / 255.0
+        view[..., 3] = mask
+        view[y0:y1, x0:x1, 4:7] = np.clip(nocs, 0, 1) * mask[y0:y1, x0:x1, None]
+        views.append(view)
+    if not views:
+        raise DatasetError(f"{scene.path}: no annotated view of object {obj_id} with a mask of at least "
+                           f"{min_visible_pixels} visible pixels to train on; check mask_visib/ or drop "
+                           "--real-views")
+    stats = {"views": len(views), "skipped": skipped,
+             "model_covers_mask_median": float(np.median(agreement))}
+    return views, stats
+
+
 # ----------------------------------------------------------------------------------------------
 # Samples: crop, shade, paste, occlude, jitter
 # ----------------------------------------------------------------------------------------------
@@ -390,24 +463,37 @@ class SampleMaker:
             cy += rng.uniform(-0.12, 0.12) * side
         return cx - side / 2, cy - side / 2, side, side
 
-    def make(self, view: np.ndarray, rng: np.random.Generator):
+    def make(self, view: np.ndarray, rng: np.random.Generator, real: bool = False):
+        """One sample from a rendered canvas, or (``real``) from a :func:`load_real_views` frame."""
         from gs2pose_ros.camera import crop_image
 
         S = self.S
         x0, y0, w, h = self.crop_box(view[..., 3], rng)
+        # convert only the window the crop reads (a real view is a whole float16 frame)
+        H, W = view.shape[:2]
+        wx0, wy0 = min(max(int(math.floor(x0)) - 2, 0), W), min(max(int(math.floor(y0)) - 2, 0), H)
+        wx1, wy1 = max(min(int(math.ceil(x0 + w)) + 2, W), wx0), max(min(int(math.ceil(y0 + h)) + 2, H), wy0)
+        window = view[wy0:wy1, wx0:wx1].astype(np.float32)
+        if window.size == 0:
+            window = np.zeros((1, 1, view.shape[2]), np.float32)
+            wx0 = wy0 = -10 ** 6  # the crop lies outside the view: all border
+        x0, y0 = x0 - wx0, y0 - wy0
         interp = cv2.INTER_AREA if w > 1.5 * S else cv2.INTER_LINEAR
-        parts = [crop_image(np.ascontiguousarray(view[..., i:j]), x0, y0, w, h, S, S, interpolation=interp)
-                 for i, j in ((0, 4), (4, 7), (7, 10))]
-        rgba, nocs_p, normals = parts
-        col_p, alpha = rgba[..., :3], np.clip(rgba[..., 3], 0, 1)
+        # outside a real frame the crop pass sees grey padding; a render's premultiplied colour is 0 there
+        parts = [crop_image(np.ascontiguousarray(window[..., i:j]), x0, y0, w, h, S, S, interpolation=interp,
+                            border_value=0.5 if (real and i == 0) else 0)
+                 for i, j in ((0, 3), (3, 4), (4, 7), (7, 10))]
+        col_p, alpha, nocs_p, normals = parts
+        alpha = np.clip(alpha.reshape(S, S), 0, 1)
         mask = alpha > 0.5
         nocs = np.where(mask[..., None], nocs_p / np.maximum(alpha, 1e-3)[..., None], 0.0)
         nocs = np.clip(nocs, 0, 1).astype(np.float32)
         if not self.augment:
-            img = col_p + (1 - alpha[..., None]) * 0.5
+            img = col_p if real else col_p + (1 - alpha[..., None]) * 0.5
             return np.clip(img, 0, 1).astype(np.float32), nocs, mask
-        # lighting: Lambert with a random light (mostly from the camera side) + a specular blob
-        if rng.random() < 0.8:
+        # lighting (renders only; a real image keeps its own): Lambert with a random light (mostly
+        # from the camera side) + a specular blob
+        if not real and rng.random() < 0.8:
             L = rng.normal(size=3)
             L[2] = -abs(L[2]) - rng.uniform(0.2, 1.0)  # towards the camera (camera looks along +z)
             L /= np.linalg.norm(L)
@@ -427,8 +513,7 @@ class SampleMaker:
                     col_p = col_p + (blob * alpha)[..., None] * hx
             tint = rng.uniform(0.85, 1.15, size=3).astype(np.float32)
             col_p = col_p * tint
-        bg = _background(rng, S)
-        img = col_p + (1 - alpha[..., None]) * bg
+        img = col_p if real else col_p + (1 - alpha[..., None]) * _background(rng, S)
         # occluders
         if rng.random() < self.occluder_prob and mask.any():
             ys, xs = np.nonzero(mask)
@@ -497,8 +582,12 @@ def _to_batch(samples, device):
 
 def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainConfig,
                   out_path=None, rotations: Optional[np.ndarray] = None, progress: bool = True,
-                  callback: Optional[Callable[[int, dict], None]] = None) -> tuple[PoseNet, dict]:
+                  callback: Optional[Callable[[int, dict], None]] = None,
+                  real_views: Optional[list] = None) -> tuple[PoseNet, dict]:
     """Trains a Pose-Net for ``model``; saves it (and plots) to ``out_path`` when given.
+
+    real_views: optional frames from :func:`load_real_views`; ``config.real_fraction`` of the
+    training samples are cut from them (the validation set stays rendered).
 
     Returns ``(net in eval mode, history)``; history holds per-log-step iteration, seconds and
     losses (train and validation), the number of rendered views and the timings of each part.
@@ -546,6 +635,7 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
     if bar is not None:
         bar.close()
     n_views = cfg.pool_size + cfg.val_size
+    n_real = 0
 
     net = PoseNet(cfg.network).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -580,8 +670,14 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
                 n_views += 1
                 refresh_acc -= 1.0
             t0 = time.time()
-            idx = rng.integers(len(pool), size=cfg.batch)
-            batch = _to_batch([maker.make(pool[i].astype(np.float32), rng) for i in idx], dev)
+            samples = []
+            for _ in range(cfg.batch):
+                if real_views and rng.random() < cfg.real_fraction:
+                    samples.append(maker.make(real_views[rng.integers(len(real_views))], rng, real=True))
+                    n_real += 1
+                else:
+                    samples.append(maker.make(pool[rng.integers(len(pool))], rng))
+            batch = _to_batch(samples, dev)
             timings["samples"] += time.time() - t0
             t0 = time.time()
             net.train()
@@ -629,6 +725,8 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
     history["iterations_done"] = it
     history["stopped_by"] = stopped
     history["views_rendered"] = n_views
+    history["real_views"] = len(real_views or [])
+    history["real_samples"] = n_real
     history["seconds_total"] = time.time() - t_start
     history["seconds_training"] = time.time() - t_train
     history["timings"] = timings
@@ -638,7 +736,7 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
         out_path = Path(out_path)
         training = {"config": cfg.to_dict(), "model_gaussians": model.num_gaussians,
                     **{k: history[k] for k in ("final_val", "iterations_done", "stopped_by", "views_rendered",
-                                                "seconds_total", "timings", "torch_threads", "device")}}
+                                                "real_views", "real_samples", "seconds_total", "timings", "torch_threads", "device")}}
         save_posenet(net, metadata, out_path, training=training)
         stem = out_path.with_suffix("")
         (stem.parent / (stem.name + "_history.json")).write_text(json.dumps(history, indent=1) + "\n")
