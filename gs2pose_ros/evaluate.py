@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 
 from gs2pose_ros.errors import ConfigError, DatasetError
+from gs2pose_ros.metrics import confidence_auc
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -188,6 +189,16 @@ def summarise(recs: list[dict], diameter: float) -> dict:
         s["add_s_0.1d"] = float(np.mean([r.get("correct", False) for r in vis]))
         s["add_s_0.1d_ignoring_validity"] = float(np.mean([r.get("correct_any", False) for r in vis]))
         s["pose_valid_rate_visible"] = float(np.mean([r["pose_valid"] for r in vis]))
+        # what a user acting on pose_valid gets: how many valid poses were wrong, and whether the
+        # confidence ranks right poses above wrong ones at all (frames with a pose)
+        s["confident_wrong_visible_frames"] = int(sum(r["pose_valid"] and not r.get("correct_any", False)
+                                                      for r in vis))
+        n_valid = sum(bool(r["pose_valid"]) for r in vis)
+        s["valid_pose_precision"] = (float(sum(bool(r.get("correct")) for r in vis)) / n_valid if n_valid
+                                     else float("nan"))
+        posed = [r for r in vis if "correct_any" in r]
+        s["confidence_auc_visible"] = confidence_auc([r["confidence"] for r in posed if r["correct_any"]],
+                                                     [r["confidence"] for r in posed if not r["correct_any"]])
         ok = [r for r in vis if r["pose_valid"] and "re_deg" in r]
         if ok:
             s["rotation_error_deg"] = _percentiles([r["re_deg"] for r in ok])
@@ -272,6 +283,10 @@ def _markdown(report: dict) -> str:
     lines.append(f"- states: {s['state_counts']}; lost {s['lost_events']}x, recovered {s['recovered_events']}x; "
                  f"frames to recover after re-entering the view: {s['frames_to_recover_after_reentry']}")
     lines.append(f"- confident poses while out of view: {s['confident_out_of_view_frames']}")
+    if "confident_wrong_visible_frames" in s:
+        lines.append(f"- confident and wrong in view: {s['confident_wrong_visible_frames']} frames "
+                     f"(valid poses correct: {100 * s['valid_pose_precision']:.1f} %; confidence AUC right vs "
+                     f"wrong: {s['confidence_auc_visible']:.3f})")
     lines.append("")
     return "\n".join(lines)
 

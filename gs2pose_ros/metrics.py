@@ -28,6 +28,7 @@ __all__ = [
     "translation_error",
     "PoseErrors",
     "PoseErrorEvaluator",
+    "confidence_auc",
 ]
 
 
@@ -213,3 +214,18 @@ class PoseErrorEvaluator:
             te=translation_error(t_est, t_gt),
             correct=bool(main < k * self.diameter),
         )
+
+
+def confidence_auc(right, wrong) -> float:
+    """How well a confidence separates right from wrong poses: the probability that a random right
+    pose scores higher than a random wrong one (ties count half; ROC AUC). NaN when either is empty.
+
+    Example:
+        >>> confidence_auc([0.9, 0.8], [0.1, 0.8])
+        0.875
+    """
+    pos = np.asarray(right, dtype=np.float64).ravel()
+    neg = np.asarray(wrong, dtype=np.float64).ravel()
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from gs2pose_ros.errors import DatasetError
+from gs2pose_ros.metrics import confidence_auc
 
 __all__ = ["FrameResult", "symmetric_rotation_error_deg", "evaluate_coarse", "summarize"]
 
@@ -164,19 +165,13 @@ def summarize(results: list, diameter: float, max_re_deg: float = 15.0, max_te_d
         "confidence_success_p10": float(np.percentile(conf[ok], 10)) if ok.any() else float("nan"),
         "confidence_failure_max": float(conf[~ok].max()) if (~ok).any() else float("nan"),
         # probability that a random success scores higher than a random failure (ties count half)
-        "confidence_auc": _auc(conf[ok], conf[~ok]),
+        "confidence_auc": confidence_auc(conf[ok], conf[~ok]),
         "confidence_above": {str(th): {"successes": float((conf[ok] > th).mean()) if ok.any() else float("nan"),
                                        "failures": float((conf[~ok] > th).mean()) if (~ok).any() else float("nan")}
                              for th in (0.2, 0.3, 0.5)},
         "methods": {m: int(sum(r.method == m for r in results)) for m in sorted({r.method for r in results})},
     }
     return out
-
-
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
 
 
 def results_table(results: list) -> list:
