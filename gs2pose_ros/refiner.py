@@ -270,6 +270,11 @@ PLAIN_MIN_IN_IMAGE = 0.4
 #: Fraction of the silhouette seen (inside the image and not occluded) below which the confidence
 #: is scaled down proportionally (BOP counts an object with visib_fract < 0.1 as not visible).
 MIN_SEEN_FRACTION = 0.15
+#: Without depth: pixels by which the object's apparent size changes when it moves 0.1 diameter
+#: along the viewing ray (``fx * 0.1 d^2 / z^2``), under which a pose cannot be confirmed to the
+#: ADD(-S)-0.1d criterion from the image (mask and silhouette edges are uncertain by about a pixel
+#: each side). LM-O's ape at 1 m: 0.6 px; of its RGB-only poses reported valid, 24 % were right.
+RGB_MIN_DEPTH_PX = 2.0
 
 
 def contrast_agreement(d: dict) -> float:
@@ -320,7 +325,9 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
     a logistic centred on 0.72 (slope 20):
     the raw score that separated right from wrong poses on generated data (docs/tracking.md).
     Geometry alone cannot reject a pose flipped onto a geometric symmetry of the shape; the colour
-    term does, as far as the texture allows. Without depth: SSIM and NCC only. Zero when the render covers fewer than
+    term does, as far as the texture allows. Without depth: SSIM and NCC only, times
+    ``min(1, depth_resolution_px / RGB_MIN_DEPTH_PX)`` (a distance the image cannot resolve to 0.1 d
+    is not confirmed). Zero when the render covers fewer than
     ``min_pixels`` pixels (object not in view).
     """
     if not d.get("rendered_pixels", 0) or d.get("too_small", False):
@@ -348,6 +355,9 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
         raw *= 1.0 - (1.0 - texture_weight(d)) * (1.0 - min(1.0, in_image / PLAIN_MIN_IN_IMAGE))
     else:
         raw = 0.5 * photo + 0.5 * float(np.clip(d.get("ssim", 0.0), 0.0, 1.0))
+        # the image alone cannot tell the distance to within 0.1 d when that moves the silhouette's
+        # edges by less than about a pixel: such a pose is not confirmed, however well it matches
+        raw *= min(1.0, d.get("depth_resolution_px", RGB_MIN_DEPTH_PX) / RGB_MIN_DEPTH_PX)
     return float(1.0 / (1.0 + math.exp(-(raw - 0.72) * 20.0)))
 
 
@@ -385,6 +395,7 @@ class GSRefiner:
         if not np.all(hi > lo):
             lo, hi = means.min(0), means.max(0)
         self.bbox_min, self.bbox_max = lo, hi
+        self._box_centre = 0.5 * (np.asarray(lo, dtype=np.float64) + np.asarray(hi, dtype=np.float64))
         self.corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         self._window = _gauss_window(7, 1.5, self.dtype, self.device)
 
@@ -901,6 +912,9 @@ class GSRefiner:
                 _, diag = self._terms(out, obs, depth, inside, ext_mask, a.detach(), b.detach(), T, K)
         diag.update(icp_info)
         diag["support_plane"] = plane is not None
+        T_out = T.detach().cpu().double().numpy()
+        z = float((T_out[:3, :3] @ self._box_centre + T_out[:3, 3])[2])
+        diag["depth_resolution_px"] = float(frame.K[0, 0]) * 0.1 * self.diameter ** 2 / max(z, 1e-6) ** 2
         conf = combine_confidence(diag, depth is not None and bool((depth > 0).any()))
         diag["confidence_raw_inputs"] = True
         return RefineResult(

@@ -108,6 +108,24 @@ def test_combine_confidence_bounds():
     assert combine_confidence({"rendered_pixels": 0}, True) == 0.0
 
 
+def test_rgb_only_confidence_needs_a_resolvable_distance(box_seq):
+    """Without depth, a pose whose distance the image cannot resolve to 0.1 d (the silhouette's size
+    changing by under RGB_MIN_DEPTH_PX for a 0.1 d move along the ray) is not confirmed."""
+    from gs2pose_ros.frame import Frame
+    from gs2pose_ros.refiner import RGB_MIN_DEPTH_PX
+
+    f, T = box_seq.frames[1], box_seq.poses[1]
+    ref = GSRefiner(box_seq.model, box_seq.meta)
+    d = ref.score(Frame.validated(f.rgb, f.K, None), T).diagnostics
+    centre = T[:3, :3] @ (0.5 * (np.asarray(box_seq.meta.bbox_min) + np.asarray(box_seq.meta.bbox_max))) + T[:3, 3]
+    want = f.K[0, 0] * 0.1 * box_seq.meta.diameter ** 2 / centre[2] ** 2
+    assert d["depth_resolution_px"] == pytest.approx(want, rel=1e-6) and want > RGB_MIN_DEPTH_PX
+    seen = {"rendered_pixels": 800, "ssim": 0.9, "ncc": 0.8, "photometric_l1": 0.03}
+    assert combine_confidence(seen, False) > 0.9  # a close object, or no resolution figure
+    assert combine_confidence(dict(seen, depth_resolution_px=2 * RGB_MIN_DEPTH_PX), False) > 0.9
+    assert combine_confidence(dict(seen, depth_resolution_px=0.6), False) < 0.05  # LM-O's ape at 1 m
+
+
 def _diagnostics(inliers, iou, visible, in_image, ncc, render_std, observed_std, pixels=1500):
     """Final-render diagnostics as the refiner reports them, for the confidence tests."""
     return {"rendered_pixels": pixels, "depth_pixels": pixels, "depth_inlier_ratio": inliers,
