@@ -284,9 +284,11 @@ def _markdown(report: dict) -> str:
                  f"frames to recover after re-entering the view: {s['frames_to_recover_after_reentry']}")
     lines.append(f"- confident poses while out of view: {s['confident_out_of_view_frames']}")
     if "confident_wrong_visible_frames" in s:
+        auc, prec = s["confidence_auc_visible"], s["valid_pose_precision"]
         lines.append(f"- confident and wrong in view: {s['confident_wrong_visible_frames']} frames "
-                     f"(valid poses correct: {100 * s['valid_pose_precision']:.1f} %; confidence AUC right vs "
-                     f"wrong: {s['confidence_auc_visible']:.3f})")
+                     f"(valid poses correct: {'n/a' if math.isnan(prec) else f'{100 * prec:.1f} %'}; "
+                     f"confidence AUC right vs wrong: "
+                     f"{'n/a, no right or no wrong poses' if math.isnan(auc) else f'{auc:.3f}'})")
     lines.append("")
     return "\n".join(lines)
 
