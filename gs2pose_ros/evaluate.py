@@ -30,7 +30,6 @@ from typing import Optional
 import numpy as np
 
 from gs2pose_ros.errors import ConfigError, DatasetError
-from gs2pose_ros.metrics import confidence_auc
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -182,6 +181,8 @@ def evaluate_sequence(tracker, frames, gts, visible, evaluator, mode: str, coars
 
 
 def summarise(recs: list[dict], diameter: float) -> dict:
+    from gs2pose_ros.metrics import confidence_auc  # (scipy: not at import, `gs2pose --help` stays fast)
+
     vis = [r for r in recs if r["visible"]]
     out = [r for r in recs if not r["visible"]]
     s: dict = {"frames": len(recs), "visible_frames": len(vis), "out_of_view_frames": len(out)}
