@@ -3,11 +3,12 @@
 Pipeline of :meth:`CoarsePoseEstimator.estimate` for one :class:`~gs2pose_ros.frame.Frame`:
 
 1. **Finding the object** (no external detector): the whole image letterboxed to ``locate_size``
-   (default: the network's input size; the network is fully convolutional), one pass, the mask's largest confident connected component -> a box in the frame. Then the
-   precise pass on a square crop around that box (resampled to the input size; the crop is a new K),
-   repeated ``refine_passes`` times around the refined mask; a mask that runs into the crop's
-   border means the crop was too tight (a partial detection) and the next crop grows around it. A region of interest from outside (``roi``) skips the
-   full-frame pass.
+   (default: the network's input size; the network is fully convolutional), one pass, the mask's
+   largest confident connected component -> a box in the frame. Then the precise pass on a
+   square crop around that box (resampled to the input size; the crop is a new K), repeated
+   ``refine_passes`` times around the refined mask; a mask that runs into the crop's border means
+   the crop was too tight (a partial detection) and the next crop grows around it. A region of
+   interest from outside (``roi``) skips the full-frame pass.
 2. **Correspondences**: pixels with mask probability > ``mask_threshold`` (``low_mask_threshold``
    where that leaves under 30 pixels, as the full-frame pass does for an empty mask) (and, with a confidence
    head, confidence > ``conf_threshold`` when enough remain) decode to object points
@@ -528,8 +529,9 @@ class CoarsePoseEstimator:
 
     @torch.no_grad()
     def predict(self, crop_rgb: np.ndarray) -> dict:
-        """One network pass on an ``[S, S, 3]`` uint8 crop (any side divisible by 16) -> numpy ``nocs`` [S, S, 3], ``mask`` [S, S]
-        (probability) and ``conf`` [S, S] (probability, ones without a confidence head)."""
+        """One network pass on an ``[S, S, 3]`` uint8 crop (any side divisible by 16) -> numpy ``nocs``
+        [S, S, 3], ``mask`` [S, S] (probability) and ``conf`` [S, S] (probability, ones without a
+        confidence head)."""
         x = torch.from_numpy(np.ascontiguousarray(crop_rgb)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
         out = self.net(x)
         res = {"nocs": out["nocs"][0].permute(1, 2, 0).float().cpu().numpy(),
