@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import torch
 
+from gs2pose_ros.camera import project
 from gs2pose_ros.errors import ConfigError, InputError, ModelFileError
 from gs2pose_ros.frame import Frame, PoseEstimate, TrackingState
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
@@ -282,7 +283,7 @@ class PoseTracker:
         tells them apart. The coarse stage's own flip check scores depth and NOCS only."""
         from gs2pose_ros.posenet.coarse import HALF_TURNS, turned_about  # (as _load_coarse: optional)
 
-        centre = 0.5 * (self.bbox_min + self.bbox_max)
+        centre = self.refiner.box_centre
         turns = []
         for axis, F in zip(np.eye(3), HALF_TURNS):
             T_f = np.eye(4)
@@ -319,7 +320,7 @@ class PoseTracker:
         X = X[X[:, 2] > 1e-3]
         if len(X) < 3:
             return 0.0
-        uv = X[:, :2] / X[:, 2:] * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+        uv = project(X, K).numpy()
         H, W = mask.shape
         uv = np.clip(uv, -4 * max(H, W), 5 * max(H, W)).astype(np.float32)  # keeps cv2 in int range
         hull = cv2.convexHull(uv).round().astype(np.int32)
