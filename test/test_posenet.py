@@ -517,19 +517,12 @@ def test_search_finds_the_pose_when_the_nocs_mean_nothing():
 def toy_views_and_model(tmp_path_factory):
     """16 generated reference views of the toy (160x120, masks, ground truth) and a Gaussian model
     sampled from the toy's mesh, as `gs2pose build-model --mesh` makes it."""
-    import argparse
+    from test_reconstruct import _synth
 
     from gs2pose_ros.gaussians import read_gaussian_ply, read_object_metadata
     from gs2pose_ros.reconstruct import build_model_from_mesh, resolve_reference_scene
-    from gs2pose_ros.synth import cli
 
-    out = tmp_path_factory.mktemp("real_views") / "toy"
-    parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["synth", "--out", str(out), "--object", "toy", "--frames", "1", "--ref-views", "16",
-                              "--seed", "0", "--no-progress", "--width", "160", "--height", "120",
-                              "--distractors", "0"])
-    assert args.func(args) == 0
+    out = _synth(tmp_path_factory.mktemp("real_views") / "toy", "toy", 16)
     build_model_from_mesh(out / "models" / "obj_000001.ply", units="mm", n_gaussians=4000, seed=1,
                           out_path=out / "model.ply")
     model = read_gaussian_ply(out / "model.ply")

@@ -118,10 +118,8 @@ def run_train(args: argparse.Namespace) -> int:
     real = None
     if args.real_views:
         from gs2pose_ros.posenet.train import load_real_views
-        from gs2pose_ros.reconstruct import resolve_object_id, resolve_reference_scene
 
-        scene = resolve_reference_scene(args.real_views)
-        obj_id = meta.obj_id if meta.obj_id is not None else resolve_object_id(scene, meta.name)
+        scene, obj_id = _reference_scene(args.real_views, meta)
         real, stats = load_real_views(scene, obj_id, model, meta, progress=not args.no_progress)
         print(f"train-posenet: {stats['views']} real views of object {obj_id} from {args.real_views} "
               f"({stats['skipped']} skipped: mask too small); the model covers a median "
@@ -145,13 +143,19 @@ def _minutes(text: str) -> tuple:
         raise ConfigError(f"--snapshot-minutes {text!r}: give comma-separated minutes, e.g. 10,20") from None
 
 
-def _reference_rotations(dataset, meta):
-    import numpy as np
-
+def _reference_scene(dataset, meta) -> tuple:
+    """``(scene, obj_id)``: the BOP scene of reference views in ``dataset`` and the object's id there
+    (the metadata's, else found by its name)."""
     from gs2pose_ros.reconstruct import resolve_object_id, resolve_reference_scene
 
     scene = resolve_reference_scene(dataset)
-    obj_id = meta.obj_id if meta.obj_id is not None else resolve_object_id(scene, meta.name)
+    return scene, (meta.obj_id if meta.obj_id is not None else resolve_object_id(scene, meta.name))
+
+
+def _reference_rotations(dataset, meta):
+    import numpy as np
+
+    scene, obj_id = _reference_scene(dataset, meta)
     Rs = [scene.gt(im_id)[k].R for im_id, k in scene.instances_of(obj_id)]
     if not Rs:
         from gs2pose_ros.errors import DatasetError
