@@ -287,6 +287,11 @@ class ObjectMetadata:
             kwargs["diameter"] = _max_pairwise_distance(pts)
         return cls(name=name, bbox_min=bmin, bbox_max=bmax, **kwargs)
 
+    @property
+    def box_centre(self) -> np.ndarray:
+        """[3] float64 centre of the NOCS box (object frame, metres)."""
+        return 0.5 * (np.asarray(self.bbox_min, dtype=np.float64) + np.asarray(self.bbox_max, dtype=np.float64))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -117,6 +117,8 @@ def test_metadata_round_trip(tmp_path):
     back = read_object_metadata(tmp_path / "box.ply")
     assert back == meta
     assert json.loads((tmp_path / "box.json").read_text())["obj_id"] == 7
+    assert "box_centre" not in back.to_dict()  # derived, not stored
+    np.testing.assert_allclose(ObjectMetadata("b", bbox_min=[-1, 0, 2], bbox_max=[3, 2, 4]).box_centre, [1, 1, 3])
 
 
 def test_bad_metadata_raises(tmp_path):

@@ -791,7 +791,7 @@ class CoarsePoseEstimator:
         region = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & valid
         Xr = X[region]
         Xm = X[mask & valid]
-        centre = 0.5 * (np.asarray(self.metadata.bbox_min) + np.asarray(self.metadata.bbox_max))
+        centre = self.metadata.box_centre
         radius = 0.55 * float(np.linalg.norm(np.asarray(self.metadata.bbox_max) - self.metadata.bbox_min))
         tol = self.depth_tolerance * diam
         anchors = None

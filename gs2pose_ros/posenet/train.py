@@ -186,7 +186,7 @@ class ViewSampler:
         self.apparent_px = apparent_px
         self.focal_px = focal_px
         self.lateral = lateral
-        self.centre = 0.5 * (np.asarray(metadata.bbox_min) + np.asarray(metadata.bbox_max))
+        self.centre = metadata.box_centre
 
     def sample(self, rng: np.random.Generator):
         if self.rotations is None or len(self.rotations) == 0:
@@ -225,7 +225,7 @@ class ViewRenderer:
         self.metadata = metadata
         self.canvas = int(canvas)
         self.nocs = nocs_colors(model, metadata).detach()
-        self.centre = 0.5 * (np.asarray(metadata.bbox_min) + np.asarray(metadata.bbox_max))
+        self.centre = metadata.box_centre
 
     @torch.no_grad()
     def render_view(self, T: np.ndarray, f: float, apparent_px: float) -> np.ndarray:
