@@ -107,8 +107,10 @@ def trajectory(n: int, seed: int, speed: float = 1.0) -> list[np.ndarray]:
 def make_sequence(obj_name: str = "printed_box", n: int = 10, seed: int = 0, width: int = 320,
                   height: int = 240, occlusion: bool = False, light_change: bool = False,
                   leave_view: tuple[int, int] | None = None, speed: float = 1.0,
-                  n_gaussians: int = 6000, depth_noise: float = 0.001) -> Sequence:
-    """Ray cast ``n`` frames of a moving built-in object (see module docstring)."""
+                  n_gaussians: int = 6000, depth_noise: float = 0.001,
+                  x_offsets: dict[int, float] | None = None) -> Sequence:
+    """Ray cast ``n`` frames of a moving built-in object (see module docstring); ``x_offsets``:
+    metres added to the object's camera x in the given frames (e.g. to cut it by the image border)."""
     obj = make_object(obj_name)
     model, meta = model_from_object(obj, n_gaussians, seed)
     f = 600.0 * width / 640.0
@@ -126,6 +128,7 @@ def make_sequence(obj_name: str = "printed_box", n: int = 10, seed: int = 0, wid
         if leave_view is not None and leave_view[0] <= i < leave_view[0] + leave_view[1]:
             T[0, 3] += 1.0  # far to the side: out of view
             vis = False
+        T[0, 3] += (x_offsets or {}).get(i, 0.0)
         poses[i] = T
         inst = [(bg, np.eye(4)), (body, T)]
         if occlusion:
