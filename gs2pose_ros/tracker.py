@@ -57,13 +57,17 @@ FLIP_MIN_INLIERS = 0.6
 #: A half-turn replaces the detection only with at least this NCC on a textured render (the right
 #: half-turns of printed_box detections: 0.71-0.76).
 FLIP_MIN_NCC = 0.4
+#: ... and replaces a detection within ``FLIP_TIE`` of it only with an NCC at least this much higher
+#: (right against half-turned printed_box detections: 0.60 vs 0.15-0.26, 0.58 vs 0.20; a mug's
+#: turn about its axis with the handle hidden: 0.44 vs 0.36 for the right detection).
+FLIP_NCC_MARGIN = 0.2
 #: A detection (no track to continue) of an object with less than this share of its silhouette in
 #: the image and unoccluded is not confirmed: from a sliver at the border the texture and the
 #: geometry cannot tell the pose from its half-turns (printed_box 14-15 % in view: 180 deg off at
 #: 0.99 with the right half-turn at 0.97). A track keeps following such a sliver.
 DETECT_MIN_SEEN = 0.2
 
-__all__ = ["TrackerConfig", "PoseTracker", "resolve_device", "load_object_model"]
+__all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "resolve_device", "load_object_model"]
 
 
 @dataclass
@@ -151,6 +155,28 @@ def _load_coarse(posenet_path, model: GaussianModel, metadata: ObjectMetadata, d
         return CoarsePoseEstimator.from_file(path, model=model, device=device, **(options or {}))
     except TypeError as exc:
         raise ConfigError(f"tracker config 'coarse': {exc}; see CoarsePoseEstimator's arguments") from None
+
+
+def choose_half_turn(detection: RefineResult, turns: list) -> RefineResult:
+    """The detection or one of its refined half-turns (:meth:`PoseTracker._best_flip`).
+
+    A half-turn counts only with a textured render (``texture_weight`` >= 0.5) and an NCC of at
+    least ``FLIP_MIN_NCC``: it is chosen for its texture (a garbage fit 2.4 m behind an out-of-view
+    toy became a 0.69 "pose" as a half-turn with NCC 0.31). Among the candidates within
+    ``FLIP_TIE`` of the best confidence the highest NCC wins, but a detection among them yields
+    only to an NCC at least ``FLIP_NCC_MARGIN`` higher: on a near-symmetric view the NCC differs
+    by noise (a mug with its handle behind a pole: the detection right at 0.99, NCC 0.36, its turn
+    about the axis 0.91, NCC 0.44, 168 deg off).
+    """
+    def ncc(c):
+        return c.diagnostics.get("ncc", 0.0)
+
+    candidates = [detection] + [c for c in turns if ncc(c) >= FLIP_MIN_NCC and texture_weight(c.diagnostics) >= 0.5]
+    top = max(c.confidence for c in candidates)
+    tied = [c for c in candidates if c.confidence >= top - FLIP_TIE]
+    if any(c is detection for c in tied):
+        tied = [detection] + [c for c in tied if c is not detection and ncc(c) >= ncc(detection) + FLIP_NCC_MARGIN]
+    return max(tied, key=lambda c: (ncc(c), c.confidence))
 
 
 class PoseTracker:
@@ -286,11 +312,11 @@ class PoseTracker:
         """A detection against its three half-turns about the object's box axes (through the box
         centre), each refined ``recover_iterations`` steps at the tracking rates.
 
-        Among the candidates within ``FLIP_TIE`` of the best confidence the best colour
-        correlation (NCC) wins: on a box-like shape the half-turns fit the depth and silhouette
-        equally well, so geometry saturates the confidence (a printed_box detection turned 180
-        deg scored 0.93-0.99, NCC 0.15-0.26, the true pose 0.99, NCC 0.60) and only the texture
-        tells them apart. The coarse stage's own flip check scores depth and NOCS only."""
+        The choice (:func:`choose_half_turn`) weighs the colour correlation (NCC): on a box-like
+        shape the half-turns fit the depth and silhouette equally well, so geometry saturates the
+        confidence (a printed_box detection turned 180 deg scored 0.93-0.99, NCC 0.15-0.26, the
+        true pose 0.99, NCC 0.60) and only the texture tells them apart. The coarse stage's own
+        flip check scores depth and NOCS only."""
         from gs2pose_ros.posenet.coarse import HALF_TURNS, turned_about  # (as _load_coarse: optional)
 
         centre = self.refiner.box_centre
@@ -307,13 +333,7 @@ class PoseTracker:
             rf._appearance = app  # type: ignore[attr-defined]
             rf.diagnostics["flipped_about"] = axis.tolist()
             turns.append(rf)
-        # a half-turn is chosen for its texture, so its texture must clearly agree: a garbage fit
-        # 2.4 m behind an out-of-view toy became a 0.69 "pose" as a half-turn with NCC 0.31
-        candidates = [r] + [c for c in turns if c.diagnostics.get("ncc", 0.0) >= FLIP_MIN_NCC
-                            and texture_weight(c.diagnostics) >= 0.5]
-        top = max(c.confidence for c in candidates)
-        tied = [c for c in candidates if c.confidence >= top - FLIP_TIE]
-        return max(tied, key=lambda c: (c.diagnostics.get("ncc", 0.0), c.confidence))
+        return choose_half_turn(r, turns)
 
     def _mask_on_pose(self, mask: np.ndarray, T_cam_obj: np.ndarray, K: np.ndarray) -> float:
         """Share of the ``[H, W]`` bool ``mask`` inside the convex hull of the model's projected

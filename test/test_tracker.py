@@ -351,3 +351,26 @@ def test_a_detection_from_a_sliver_at_the_border_is_not_confirmed():
     coarse = _HalfTurnCoarse(seq, axis=(0.0, 1.0, 0.0), shift=(0.0, 0.0, 0.03))
     est = PoseTracker(seq.model, seq.meta, coarse=coarse, config=FAST, device="cpu").estimate(seq.frames[0])
     assert not est.pose_valid and est.confidence <= 0.25, est.confidence
+
+
+def _turn_result(confidence, ncc, render_std=0.2):
+    from gs2pose_ros.refiner import RefineResult
+
+    return RefineResult(np.eye(4), confidence, 12, 0.0, diagnostics={"ncc": ncc, "render_std": render_std})
+
+
+def test_a_half_turn_replaces_a_detection_only_on_clearly_better_texture():
+    from gs2pose_ros.tracker import choose_half_turn
+
+    # the mug with its handle behind a pole: the right detection and its turn about the axis,
+    # 168 deg off, converge alike; an NCC 0.08 higher is noise, not evidence
+    det, turn = _turn_result(0.991, 0.362), _turn_result(0.905, 0.441)
+    assert choose_half_turn(det, [turn]) is det
+    # printed_box: the detection flipped onto the box's symmetry, the right turn's texture agrees
+    det, turn = _turn_result(0.964, 0.198), _turn_result(0.995, 0.58)
+    assert choose_half_turn(det, [turn, _turn_result(0.25, 0.11)]) is turn
+    # a turn far more confident than the detection needs no texture margin, only FLIP_MIN_NCC
+    det = _turn_result(0.3, 0.5)
+    assert choose_half_turn(det, [_turn_result(0.95, 0.45)]).confidence == 0.95
+    assert choose_half_turn(det, [_turn_result(0.95, 0.3)]) is det  # too little texture agreement
+    assert choose_half_turn(det, [_turn_result(0.95, 0.9, render_std=0.0)]) is det  # plain render
