@@ -28,6 +28,7 @@ The coarse estimator is anything with ``estimate(frame, roi=None) -> obj`` where
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from gs2pose_ros.camera import project
 from gs2pose_ros.errors import ConfigError, InputError, ModelFileError
 from gs2pose_ros.frame import Frame, PoseEstimate, TrackingState
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
+from gs2pose_ros.mesh import near_symmetry_axes
 from gs2pose_ros.refiner import (AppearanceState, GSRefiner, RefinerConfig, RefineResult, check_config_keys,
                                  texture_weight)
 
@@ -66,6 +68,12 @@ FLIP_NCC_MARGIN = 0.2
 #: geometry cannot tell the pose from its half-turns (printed_box 14-15 % in view: 180 deg off at
 #: 0.99 with the right half-turn at 0.97). A track keeps following such a sliver.
 DETECT_MIN_SEEN = 0.2
+#: A detection of a model with a near-symmetry axis (``mesh.near_symmetry_axes``) is re-scored
+#: turned this far both ways about it; a turned score within ``AXIS_AMBIGUITY_TOL`` of the pose's
+#: own means nothing in view fixes that rotation (mug, handle and logo facing away: 0.984-0.991
+#: turned 20 deg against 0.991; handle in view: 0.001 one way, 0.93 the other, against 0.99).
+AXIS_PROBE_DEG = 20.0
+AXIS_AMBIGUITY_TOL = 0.03
 
 __all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "resolve_device", "load_object_model"]
 
@@ -89,6 +97,10 @@ class TrackerConfig:
     # a detection that ends at valid_threshold / 2 or more, or fits the depth (FLIP_MIN_INLIERS), is
     # compared with its three half-turns about the object's box axes (a box upside down)
     try_flips: bool = True
+    # a detection that scores as well turned AXIS_PROBE_DEG about a near-symmetry axis of the model
+    # (a mug's body) does not start a track and is no valid estimate: the features that fix that
+    # rotation are out of sight
+    check_axis_ambiguity: bool = True
     num_threads: int = 0  # torch CPU threads (0 = leave torch's setting)
     refiner: dict = field(default_factory=dict)
     # keyword options of the coarse stage (CoarsePoseEstimator), e.g. {"locate_size": 320} for an
@@ -203,6 +215,7 @@ class PoseTracker:
         self.bbox_max = np.asarray(self.refiner.bbox_max, dtype=np.float64)
         self.appearance = AppearanceState(self.model)
         self._hull_points: Optional[np.ndarray] = None
+        self._near_axes: Optional[list] = None  # mesh.near_symmetry_axes, computed on first use
         self.reset()
 
     @classmethod
@@ -334,6 +347,43 @@ class PoseTracker:
             rf.diagnostics["flipped_about"] = axis.tolist()
             turns.append(rf)
         return choose_half_turn(r, turns)
+
+    def _confirmed(self, frame: Frame, r: RefineResult, stages: dict) -> bool:
+        """Whether a detection may start a track (or be a valid single-frame estimate): it reaches
+        ``accept_threshold`` and is not ambiguous about a near-symmetry axis. Only detections are
+        checked: a track carries the rotation it started with (checking every tracking step
+        cost the mug 65 ms per frame and flagged right poses leaving the view)."""
+        return r.confidence >= self.config.accept_threshold and not self._ambiguous_about_axis(frame, r, stages)
+
+    def _ambiguous_about_axis(self, frame: Frame, result: RefineResult, stages: dict) -> bool:
+        """Whether ``result``'s pose scores as well turned ``AXIS_PROBE_DEG`` either way about a
+        near-symmetry axis of the model (then ``diagnostics["ambiguous_about_axis"]`` holds that
+        score). Symmetric objects (scored with ADD-S) and models without such an axis: False."""
+        if not self.config.check_axis_ambiguity or self.metadata.symmetric:
+            return False
+        t0 = time.perf_counter()
+        if self._near_axes is None:
+            means = self.model.means.detach().cpu().numpy().astype(np.float64)
+            self._near_axes = near_symmetry_axes(means, self.diameter)
+        found = False
+        if self._near_axes:
+            app = getattr(result, "_appearance", None) or self.appearance
+            T = result.T_cam_obj
+            ref = self.refiner.score(frame, T, appearance=app).confidence
+            for e, c in self._near_axes:
+                for sign in (-1.0, 1.0):
+                    T_turn = np.eye(4)
+                    T_turn[:3, :3] = cv2.Rodrigues(e * sign * math.radians(AXIS_PROBE_DEG))[0]
+                    T_turn[:3, 3] = c - T_turn[:3, :3] @ c  # about the axis through c
+                    s = self.refiner.score(frame, T @ T_turn, appearance=app).confidence
+                    if s >= ref - AXIS_AMBIGUITY_TOL:
+                        result.diagnostics["ambiguous_about_axis"] = float(s)
+                        found = True
+                        break
+                if found:
+                    break
+        stages["axis_check"] = stages.get("axis_check", 0.0) + time.perf_counter() - t0
+        return found
 
     def _mask_on_pose(self, mask: np.ndarray, T_cam_obj: np.ndarray, K: np.ndarray) -> float:
         """Share of the ``[H, W]`` bool ``mask`` inside the convex hull of the model's projected
@@ -473,7 +523,7 @@ class PoseTracker:
                 if can_detect:
                     r2, it2 = self._detect(frame, stages)
                     iters += it2
-                    if r2 is not None and r2.confidence >= cfg.accept_threshold and r2.confidence > result.confidence:
+                    if r2 is not None and r2.confidence > result.confidence and self._confirmed(frame, r2, stages):
                         result = r2
                         self._accept(r2, new_track=True, stamp=frame.stamp)
                         accepted = True
@@ -486,7 +536,7 @@ class PoseTracker:
         else:  # INITIALIZING or LOST: detect from scratch
             if self.coarse is not None:
                 result, iters = self._detect(frame, stages)
-            if result is not None and result.confidence >= cfg.accept_threshold:
+            if result is not None and self._confirmed(frame, result, stages):
                 self._accept(result, new_track=True, stamp=frame.stamp)
         self.last_result = result
         latency = time.perf_counter() - t_start
@@ -511,7 +561,8 @@ class PoseTracker:
         if r is None:
             return PoseEstimate(np.eye(4), 0.0, TrackingState.INITIALIZING, False, iters, latency, stages)
         # a single frame is a detection: it must reach what a detection needs to start a track
-        valid = r.confidence >= self.config.accept_threshold
+        valid = self._confirmed(frame, r, stages)
+        latency = time.perf_counter() - t_start
         return PoseEstimate(r.T_cam_obj.copy(), float(r.confidence),
                             TrackingState.TRACKING if valid else TrackingState.INITIALIZING, bool(valid),
                             iters, latency, stages)
