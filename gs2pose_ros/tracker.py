@@ -367,15 +367,19 @@ class PoseTracker:
             self._near_axes = near_symmetry_axes(means, self.diameter)
         found = False
         if self._near_axes:
+            from gs2pose_ros.posenet.coarse import turned_about  # (as _best_flip)
+
             app = getattr(result, "_appearance", None) or self.appearance
             T = result.T_cam_obj
+            # the pose and its turns scored alike (score: no Pose-Net mask, no refinement), not
+            # against the detection's own confidence
             ref = self.refiner.score(frame, T, appearance=app).confidence
             for e, c in self._near_axes:
                 for sign in (-1.0, 1.0):
                     T_turn = np.eye(4)
-                    T_turn[:3, :3] = cv2.Rodrigues(e * sign * math.radians(AXIS_PROBE_DEG))[0]
-                    T_turn[:3, 3] = c - T_turn[:3, :3] @ c  # about the axis through c
-                    s = self.refiner.score(frame, T @ T_turn, appearance=app).confidence
+                    T_turn[:3, :3], T_turn[:3, 3] = turned_about(
+                        T[:3, :3], T[:3, 3], cv2.Rodrigues(e * sign * math.radians(AXIS_PROBE_DEG))[0], c)
+                    s = self.refiner.score(frame, T_turn, appearance=app).confidence
                     if s >= ref - AXIS_AMBIGUITY_TOL:
                         result.diagnostics["ambiguous_about_axis"] = float(s)
                         found = True
