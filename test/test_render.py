@@ -63,17 +63,17 @@ def render_with_grads(backend, model, T0, K, w, h, *, nocs_tensor=None, colors=N
                       weights_seed=1):
     """Renders with every input requiring grad and back-propagates a fixed random loss."""
     m = model.clone().requires_grad_()
-    xi = torch.zeros(6, dtype=model.dtype, requires_grad=True)
+    xi = torch.zeros(6, dtype=model.dtype, device=model.device, requires_grad=True)
     nocs = None if nocs_tensor is None else nocs_tensor.clone().requires_grad_()
     cols = None if colors is None else colors.clone().requires_grad_()
     out = render(m, se3_exp(xi) @ T0.to(model.dtype), K, w, h, background=bg, nocs=nocs,
                  colors=cols, backend=backend)
     g = torch.Generator().manual_seed(weights_seed)
-    loss = (out.color * torch.rand(out.color.shape, generator=g).to(model.dtype)).sum()
-    loss = loss + (out.alpha * torch.rand(out.alpha.shape, generator=g).to(model.dtype)).sum()
-    loss = loss + (out.depth * torch.rand(out.depth.shape, generator=g).to(model.dtype)).sum()
+    loss = (out.color * torch.rand(out.color.shape, generator=g).to(model.device, model.dtype)).sum()
+    loss = loss + (out.alpha * torch.rand(out.alpha.shape, generator=g).to(model.device, model.dtype)).sum()
+    loss = loss + (out.depth * torch.rand(out.depth.shape, generator=g).to(model.device, model.dtype)).sum()
     if out.nocs is not None:
-        loss = loss + (out.nocs * torch.rand(out.nocs.shape, generator=g).to(model.dtype)).sum()
+        loss = loss + (out.nocs * torch.rand(out.nocs.shape, generator=g).to(model.device, model.dtype)).sum()
     loss.backward()
     grads = {name: t.grad for name, t in m.tensors().items()}
     grads["xi"] = xi.grad
