@@ -409,6 +409,34 @@ def test_tiny_training_run_decreases_the_loss(tmp_path):
     assert meta2.name == "box"
 
 
+def test_training_can_start_from_earlier_weights(tmp_path):
+    """--init-from: the run starts where the given network ended (its first validation loss is that
+    network's, not a random one's) and refuses a network of another size or NOCS box."""
+    from dataclasses import replace
+
+    from gs2pose_ros.posenet.train import TrainConfig, train_posenet
+
+    torch.set_num_threads(1)
+    meta = _meta()
+    net_cfg = PoseNetConfig(input_size=48, widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1), aspp_channels=8,
+                            context_channels=8, decoder_widths=(16, 16, 8, 8), groups=4)
+    cfg = TrainConfig(iterations=30, batch=6, lr=3e-3, pool_size=6, refresh_per_iter=0.0, val_size=6,
+                      log_every=10, network=net_cfg, context_fraction=0.0, occluder_prob=0.0, seed=0)
+    model = _box_model(800)
+    _, first = train_posenet(model, meta, cfg, out_path=tmp_path / "a.safetensors", progress=False)
+    _, again = train_posenet(model, meta, replace(cfg, iterations=1, init_from=str(tmp_path / "a.safetensors")),
+                             progress=False)
+    fresh, trained = first["val"][0]["total"], first["final_val"]["total"]
+    assert again["val"][0]["total"] < 0.5 * (fresh + trained), (fresh, trained, again["val"][0])
+    with pytest.raises(ConfigError, match="network"):
+        train_posenet(model, meta, replace(cfg, network=TINY, init_from=str(tmp_path / "a.safetensors")),
+                      progress=False)
+    other_box = _meta()
+    other_box.bbox_max = [0.06, 0.04, 0.03]
+    with pytest.raises(ConfigError, match="NOCS box"):
+        train_posenet(model, other_box, replace(cfg, init_from=str(tmp_path / "a.safetensors")), progress=False)
+
+
 def test_full_frame_estimate_runs_and_reports_low_confidence_when_untrained():
     """The whole path (letterbox pass, crops, pose, frame mask) on a frame, with an untrained network."""
     from gs2pose_ros.frame import Frame

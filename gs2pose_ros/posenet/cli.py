@@ -28,7 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="stop after this many minutes (rendering included); the learning rate decays to it")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--network", default="auto", choices=("auto", "cpu", "gpu"),
-                   help="network size: cpu (128 px, narrow), gpu (256 px, wider); auto picks by device")
+                   help="network size: cpu (128 px, narrow), gpu (256 px, wider); auto picks by device "
+                        "(with --init-from: that network's)")
+    p.add_argument("--init-from", default=None, metavar="WEIGHTS",
+                   help="start from these Pose-Net weights (fine-tuning) instead of a random network; they "
+                        "must have been trained for this model's NOCS box")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam, cosine decay)")
     p.add_argument("--pool", type=int, default=None, help="rendered views kept in the pool (default 500 on CPU, 2000 on CUDA)")
@@ -105,12 +109,16 @@ def run_train(args: argparse.Namespace) -> int:
     meta = read_object_metadata(args.model)
     net_cfg = {"auto": PoseNetConfig.gpu() if cuda else PoseNetConfig.cpu(), "cpu": PoseNetConfig.cpu(),
                "gpu": PoseNetConfig.gpu()}[args.network]
+    if args.init_from and args.network == "auto":
+        from gs2pose_ros.posenet.io import load_posenet
+
+        net_cfg = load_posenet(args.init_from)[0].config
     cfg = TrainConfig(iterations=args.iterations, batch=args.batch, lr=args.lr, seed=args.seed, device=dev,
                       pool_size=args.pool or (2000 if cuda else 500),
                       refresh_per_iter=args.refresh if args.refresh is not None else (4.0 if cuda else 0.5),
                       time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit, network=net_cfg,
                       snapshot_s=_minutes(args.snapshot_minutes), truncate_fraction=args.truncate_fraction,
-                      real_fraction=args.real_fraction)
+                      real_fraction=args.real_fraction, init_from=args.init_from)
     rotations = None
     if args.views_from:
         rotations = _reference_rotations(args.views_from, meta)

@@ -83,6 +83,7 @@ class TrainConfig:
     snapshot_s: tuple = ()  # also save the weights when the elapsed time passes each of these (seconds)
     real_fraction: float = 0.5  # share of the samples cut from real views, when train_posenet gets any
     network: PoseNetConfig = field(default_factory=PoseNetConfig.cpu)
+    init_from: Optional[str] = None  # Pose-Net weights to start from (fine-tuning); same network and NOCS box
 
     def __post_init__(self) -> None:
         if self.iterations <= 0 or self.batch <= 0 or self.pool_size < 2:
@@ -547,6 +548,23 @@ class SampleMaker:
 # ----------------------------------------------------------------------------------------------
 
 
+def _initial_network(path, network: PoseNetConfig, metadata: ObjectMetadata) -> PoseNet:
+    """The Pose-Net at ``path`` to fine-tune; ConfigError unless it has ``network``'s configuration
+    and ``metadata``'s NOCS box (its NOCS targets would otherwise mean other object coordinates)."""
+    from gs2pose_ros.posenet.io import load_posenet
+
+    net, meta, _ = load_posenet(path)
+    if net.config != network:
+        raise ConfigError(f"train-posenet: {path} is a {net.config.to_dict()} network, the training asks for "
+                          f"{network.to_dict()}; leave --network out to train the network of --init-from")
+    box, own = np.r_[meta.bbox_min, meta.bbox_max], np.r_[metadata.bbox_min, metadata.bbox_max]
+    if not np.allclose(box, own, atol=1e-4):
+        raise ConfigError(f"train-posenet: {path} was trained for the NOCS box {meta.bbox_min} .. {meta.bbox_max} "
+                          f"(m), the model's is {metadata.bbox_min} .. {metadata.bbox_max}; its NOCS would mean "
+                          "other object coordinates: train from scratch (no --init-from)")
+    return net.train()
+
+
 def posenet_loss(out: dict, nocs_t: torch.Tensor, mask_t: torch.Tensor, conf_tol: float = 0.04):
     """-> (total, {"nocs": L1 on the mask, "mask": BCE, "conf": BCE of the confidence head}).
 
@@ -637,7 +655,7 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
     n_views = cfg.pool_size + cfg.val_size
     n_real = 0
 
-    net = PoseNet(cfg.network).to(dev)
+    net = (_initial_network(cfg.init_from, cfg.network, metadata) if cfg.init_from else PoseNet(cfg.network)).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = {"iteration": [], "seconds": [], "train": [], "val": [], "lr": []}
     t_train = time.time()
