@@ -17,9 +17,13 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from gs2pose_ros.reconstruct import ReconstructionConfig
+    import dataclasses
+    import types
 
-    d = ReconstructionConfig()
+    from gs2pose_ros.reconstruct_config import ReconstructionConfig
+
+    # the defaults as declared: building a ReconstructionConfig would import torch to check its device
+    d = types.SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(ReconstructionConfig)})
     p = subparsers.add_parser(
         "build-model",
         help="build an object's 3D Gaussian model from posed, masked reference views (BOP) or a mesh",
