@@ -833,6 +833,7 @@ class GSRefiner:
         plane = self.support_plane(frame, box)
         T_np, icp_info = self.icp(frame, T0, box, n_icp, plane)
         T_start = T0
+        passes, icp_steps = int(n_icp > 0), icp_info.get("icp_iterations", 0)
         for _ in range(ICP_EXTRA_PASSES):
             # one pass reaches about its first margin (0.1 d) beyond the crop around its start: a
             # pose still moving at its end gets another pass from there, on a crop around it
@@ -844,6 +845,9 @@ class GSRefiner:
                 break
             T_start, box = T_np, box_next
             T_np, icp_info = self.icp(frame, T_np, box, n_icp, plane)
+            passes, icp_steps = passes + 1, icp_steps + icp_info.get("icp_iterations", 0)
+        # pairs and rmse describe the last pass (the final alignment); passes and steps all of them
+        icp_info = {**icp_info, "icp_passes": passes, "icp_iterations": icp_steps}
         # re-centre the crop after a large ICP move
         box2 = self.crop_for(frame, T_np)
         if box2 is not None:

@@ -68,6 +68,9 @@ def test_a_tracking_step_follows_a_6cm_jump(box_seq, offset, monkeypatch):
     monkeypatch.setattr(refiner_module, "ICP_EXTRA_PASSES", 0)
     r1 = ref.refine(box_seq.frames[0], T0, tracking=True)
     assert np.linalg.norm(r1.T_cam_obj[:3, 3] - T[:3, 3]) > 0.015  # the test's premise
+    # the diagnostics count every pass's steps, not the last pass's
+    assert r1.diagnostics["icp_passes"] == 1 and r.diagnostics["icp_passes"] >= 2
+    assert r.diagnostics["icp_iterations"] > r1.diagnostics["icp_iterations"]
 
 
 def test_confidence_right_high_wrong_low(box_seq):
