@@ -263,6 +263,9 @@ class ObjectMetadata:
     ``symmetries_discrete`` are 4x4 ``T`` lists (translation in metres, unlike BOP's millimetres);
     ``symmetries_continuous`` are ``{"axis": [3], "offset": [3] (metres)}`` as in BOP. ``symmetric``
     is True when either list is non-empty or the object is otherwise scored with ADD-S.
+    ``near_symmetry_axes`` are ``{"direction": [3], "point": [3] (metres)}`` about which most of the
+    shape turns into itself (a mug's body: :func:`gs2pose_ros.mesh.near_symmetry_axes`), stored at
+    build time; None when not computed (the tracker then computes them at its first detection).
     """
 
     name: str
@@ -274,6 +277,7 @@ class ObjectMetadata:
     symmetries_discrete: list = field(default_factory=list)
     symmetries_continuous: list = field(default_factory=list)
     source: str = ""
+    near_symmetry_axes: Optional[list] = None
 
     @classmethod
     def from_model(cls, model: GaussianModel, name: str, **kwargs) -> "ObjectMetadata":
@@ -320,6 +324,16 @@ class ObjectMetadata:
                                  "or rewrite it with write_object_metadata()") from exc
         if len(meta.bbox_min) != 3 or len(meta.bbox_max) != 3:
             raise ModelFileError(f"{source_path}: bbox_min and bbox_max must each have 3 values")
+        if meta.near_symmetry_axes is not None:
+            try:
+                meta.near_symmetry_axes = [{k: [float(x) for x in a[k]] for k in ("direction", "point")}
+                                           for a in meta.near_symmetry_axes]
+                ok = all(len(a["direction"]) == 3 and len(a["point"]) == 3 for a in meta.near_symmetry_axes)
+            except (TypeError, KeyError, ValueError):
+                ok = False
+            if not ok:
+                raise ModelFileError(f"{source_path}: near_symmetry_axes must be a list of "
+                                     "{\"direction\": [3], \"point\": [3]}; delete the key to have it recomputed")
         return meta
 
 

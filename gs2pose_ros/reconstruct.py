@@ -944,6 +944,16 @@ def _metadata_for(model: GaussianModel, name: str, obj_id, info, source: str) ->
     return meta
 
 
+def _store_near_symmetry_axes(meta: ObjectMetadata, model: GaussianModel) -> None:
+    """Fills ``meta.near_symmetry_axes`` (1-2 s here, once, instead of at the tracker's first
+    detection); call when ``meta.diameter`` is final."""
+    from gs2pose_ros.mesh import near_symmetry_axes
+
+    pts = model.means.detach().cpu().double().numpy()
+    meta.near_symmetry_axes = [{"direction": [float(x) for x in e], "point": [float(x) for x in c]}
+                               for e, c in near_symmetry_axes(pts, meta.diameter)]
+
+
 def _models_info_of(scene, obj_id: int):
     try:
         return scene.dataset().model_info(obj_id)
@@ -994,6 +1004,7 @@ def build_model_from_scene(dataset, obj, config: ReconstructionConfig = Reconstr
     obj_name = name or _name_for(scene, obj_id)
     meta = _metadata_for(model, obj_name, obj_id, info, f"reconstructed from {scene.path} "
                          f"({len(train)} views, {config.iterations} iterations, seed {config.seed})")
+    _store_near_symmetry_axes(meta, model)
     seconds = time.perf_counter() - t0
     result = ReconstructionResult(model, meta, source, len(train), len(held), seconds, train_eval,
                                   held_eval, init_eval, stats,
@@ -1142,6 +1153,7 @@ def build_model_from_mesh(mesh_path, units: str = "mm", n_gaussians: int = 20000
                          models_info, f"sampled from mesh {mesh_path} ({n_gaussians} Gaussians)")
     if models_info is None:
         meta.diameter = float(mesh_diameter(v))
+    _store_near_symmetry_axes(meta, model)
     result = ReconstructionResult(model, meta, "mesh", 0, 0, time.perf_counter() - t0,
                                   EvaluationResult(float("nan"), float("nan")), None)
     if out_path is not None:

@@ -215,7 +215,10 @@ class PoseTracker:
         self.bbox_max = np.asarray(self.refiner.bbox_max, dtype=np.float64)
         self.appearance = AppearanceState(self.model)
         self._hull_points: Optional[np.ndarray] = None
-        self._near_axes: Optional[list] = None  # mesh.near_symmetry_axes, computed on first use
+        # mesh.near_symmetry_axes: stored in the metadata by build-model, else computed on first use
+        self._near_axes: Optional[list] = None if metadata.near_symmetry_axes is None else [
+            (np.asarray(a["direction"], dtype=np.float64), np.asarray(a["point"], dtype=np.float64))
+            for a in metadata.near_symmetry_axes]
         self.reset()
 
     @classmethod

@@ -115,7 +115,10 @@ def test_metadata_round_trip(tmp_path):
     write_gaussian_ply(m, tmp_path / "box.ply", metadata=meta)
     assert metadata_path(tmp_path / "box.ply") == tmp_path / "box.json"
     back = read_object_metadata(tmp_path / "box.ply")
-    assert back == meta
+    assert back == meta and back.near_symmetry_axes is None  # not computed
+    meta.near_symmetry_axes = [{"direction": [0.0, 0.0, 1.0], "point": [-0.016, 0.0, 0.0]}]
+    write_gaussian_ply(m, tmp_path / "box.ply", metadata=meta)
+    assert read_object_metadata(tmp_path / "box.ply") == meta
     assert json.loads((tmp_path / "box.json").read_text())["obj_id"] == 7
     assert "box_centre" not in back.to_dict()  # derived, not stored
     np.testing.assert_allclose(ObjectMetadata("b", bbox_min=[-1, 0, 2], bbox_max=[3, 2, 4]).box_centre, [1, 1, 3])
@@ -130,6 +133,9 @@ def test_bad_metadata_raises(tmp_path):
     (tmp_path / "b.json").write_text('{"name": "x", "evil": "__import__"}')
     with pytest.raises(ModelFileError, match="unknown metadata keys"):
         read_object_metadata(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text('{"name": "x", "near_symmetry_axes": [{"direction": [0, 1]}]}')
+    with pytest.raises(ModelFileError, match="near_symmetry_axes"):
+        read_object_metadata(tmp_path / "c.json")
 
 
 # ------------------------------------------------------------------------------- malformed plys
