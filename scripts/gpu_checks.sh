@@ -83,10 +83,15 @@ step build_model 240 "$PY" -m gs2pose_ros.cli build-model --dataset "$OUT/data/r
   --out "$OUT/build_model/model.ply" --holdout 6 --device cuda --no-progress
 tail -8 "$OUT/build_model.log"
 
-# Pose-Net training throughput on the GPU (the GPU network, one minute; not a usable network).
-step train_posenet 150 "$PY" -m gs2pose_ros.cli train-posenet --model "$ROOT/gs2pose_ros/data/printed_box/model.ply" \
-  --out "$OUT/train_posenet/posenet.safetensors" --device cuda --network gpu --pool 200 --time-limit 1 --no-progress
-tail -6 "$OUT/train_posenet.log"
+# Pose-Net training throughput on the GPU (the GPU network, one minute each; not usable networks):
+# samples made between steps, then by workers on the spare cores.
+WORKERS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
+for w in 0 "$WORKERS"; do
+  step "train_posenet_w$w" 150 "$PY" -m gs2pose_ros.cli train-posenet --model "$ROOT/gs2pose_ros/data/printed_box/model.ply" \
+    --out "$OUT/train_posenet_w$w/posenet.safetensors" --device cuda --network gpu --pool 200 --time-limit 1 \
+    --workers "$w" --no-progress
+  tail -2 "$OUT/train_posenet_w$w.log"
+done
 
 for mode in track estimate; do
   for o in "${OBJECTS[@]}"; do

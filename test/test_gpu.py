@@ -111,14 +111,16 @@ def test_posenet_on_cuda_matches_cpu():
         torch.testing.assert_close(b[k].cpu(), a[k], rtol=1e-3, atol=1e-3)
 
 
-def test_posenet_training_on_cuda_decreases_the_loss(tmp_path):
-    """A short run of the real training loop on the GPU: views rendered with gsplat, network on CUDA."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_posenet_training_on_cuda_decreases_the_loss(tmp_path, workers):
+    """A short run of the real training loop on the GPU: views rendered with gsplat, network on CUDA,
+    samples made inline or by worker processes (spawned beside a CUDA parent)."""
     from gs2pose_ros.posenet.network import PoseNetConfig
     from gs2pose_ros.posenet.train import TrainConfig, train_posenet
 
     seq_model = make_sequence("printed_box", 1, seed=5, width=160, height=120, n_gaussians=3000)
     cfg = TrainConfig(iterations=60, batch=8, lr=3e-3, pool_size=8, refresh_per_iter=0.0, val_size=8,
-                      log_every=20, device="cuda", context_fraction=0.0, occluder_prob=0.0, seed=0,
+                      log_every=20, device="cuda", context_fraction=0.0, occluder_prob=0.0, seed=0, workers=workers,
                       network=PoseNetConfig(input_size=48, widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1),
                                             aspp_channels=8, context_channels=8, decoder_widths=(16, 16, 8, 8),
                                             groups=4))

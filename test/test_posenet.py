@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -435,6 +436,42 @@ def test_training_can_start_from_earlier_weights(tmp_path):
     other_box.bbox_max = [0.06, 0.04, 0.03]
     with pytest.raises(ConfigError, match="NOCS box"):
         train_posenet(model, other_box, replace(cfg, init_from=str(tmp_path / "a.safetensors")), progress=False)
+
+
+def test_sample_workers_make_the_same_batches_as_the_trainer_alone(tmp_path):
+    """--workers: the samples are made in other processes from a shared view pool while the network
+    trains; the run is the same as without workers (same seed, same weights), the pool is
+    refreshed only where no queued batch reads, and the shared memory is released."""
+    import multiprocessing
+    from pathlib import Path
+
+    from gs2pose_ros.posenet.train import TrainConfig, train_posenet
+
+    torch.set_num_threads(1)
+    shm_before = set(Path("/dev/shm").glob("psm_*")) if Path("/dev/shm").is_dir() else set()
+    cfg = TrainConfig(iterations=8, batch=4, pool_size=6, refresh_per_iter=0.5, val_size=2, log_every=4,
+                      network=TINY, seed=3)
+    model = _box_model(800)
+    seen = {}  # while training: worker processes and shared-memory blocks of this run
+
+    def watch(workers):
+        def callback(it, _):
+            seen.setdefault(workers, []).append((len(multiprocessing.active_children()),
+                                                 len(set(Path("/dev/shm").glob("psm_*")) - shm_before)))
+        return callback
+
+    runs = [train_posenet(model, _meta(), dataclasses.replace(cfg, workers=w), progress=False, callback=watch(w))
+            for w in (0, 2)]
+    (alone, h0), (fed, h2) = runs
+    assert h0["views_rendered"] == h2["views_rendered"] == 6 + 2 + 4 and h2["workers"] == 2
+    assert all(n == (0, 0) for n in seen[0]) and all(n == (2, 1) for n in seen[2]), seen
+    for (k, a), b in zip(alone.state_dict().items(), fed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert h0["final_val"] == h2["final_val"]
+    if shm_before or Path("/dev/shm").is_dir():
+        assert set(Path("/dev/shm").glob("psm_*")) <= shm_before
+    with pytest.raises(ConfigError, match="workers"):
+        TrainConfig(workers=-1)
 
 
 def test_full_frame_estimate_runs_and_reports_low_confidence_when_untrained():

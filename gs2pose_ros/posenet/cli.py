@@ -51,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="share of the training samples cut from --real-views (default 0.5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; "
                                                               "1 is faster on a CPU shared with other jobs)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes making the training samples while the network trains (default 0: made "
+                        "between steps; on a GPU the samples are most of a step: give it the spare CPU cores)")
     p.add_argument("--snapshot-minutes", default="", metavar="M1,M2",
                    help="also save the weights as OUT_t<M>min.* after these many minutes (e.g. 10,20)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -118,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
                       refresh_per_iter=args.refresh if args.refresh is not None else (4.0 if cuda else 0.5),
                       time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit, network=net_cfg,
                       snapshot_s=_minutes(args.snapshot_minutes), truncate_fraction=args.truncate_fraction,
-                      real_fraction=args.real_fraction, init_from=args.init_from)
+                      real_fraction=args.real_fraction, init_from=args.init_from, workers=args.workers)
     rotations = None
     if args.views_from:
         rotations = _reference_rotations(args.views_from, meta)
@@ -137,7 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
     fv = hist["final_val"]
     print(f"train-posenet: {hist['iterations_done']} iterations ({hist['stopped_by']}), "
           f"{hist['views_rendered']} views rendered, {hist['seconds_total'] / 60:.1f} min on {dev} "
-          f"({hist['torch_threads']} threads); validation NOCS L1 {fv['nocs']:.4f}, mask BCE {fv['mask']:.4f}")
+          f"({hist['torch_threads']} threads, {hist['workers']} sample workers); validation NOCS L1 {fv['nocs']:.4f}, mask BCE {fv['mask']:.4f}")
     print(f"train-posenet: wrote {args.out} and its .json, _loss.png, _samples.png, _history.json")
     return 0
 

@@ -25,6 +25,8 @@ training step, so training draws from a *refreshed pool* of rendered views:
    them), colour/contrast/saturation/gamma jitter, blur and noise.
 3. The pool is refreshed during training (``refresh_per_iter`` new views per step, replacing random
    old ones), so the network sees ``pool_size + iterations * refresh_per_iter`` distinct views.
+   Samples are made between steps, or (``workers``) by other processes reading the pool from
+   shared memory while the network trains (:class:`SampleFeed`; same batches either way).
 4. Optionally, **real views** (:func:`load_real_views`): the annotated real images the model was
    built from, whole frames with their own backgrounds, the NOCS targets rendered from the Gaussian
    model at the annotated pose. ``real_fraction`` of the samples are cut from them with the same
@@ -57,7 +59,7 @@ from gs2pose_ros.errors import ConfigError
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata, nocs_colors
 from gs2pose_ros.posenet.network import PoseNet, PoseNetConfig
 
-__all__ = ["TrainConfig", "ViewSampler", "ViewRenderer", "SampleMaker", "train_posenet",
+__all__ = ["TrainConfig", "ViewSampler", "ViewRenderer", "SampleMaker", "SampleFeed", "train_posenet",
            "canonical_pose", "posenet_loss", "random_rotation", "load_real_views"]
 
 
@@ -84,8 +86,11 @@ class TrainConfig:
     real_fraction: float = 0.5  # share of the samples cut from real views, when train_posenet gets any
     network: PoseNetConfig = field(default_factory=PoseNetConfig.cpu)
     init_from: Optional[str] = None  # Pose-Net weights to start from (fine-tuning); same network and NOCS box
+    workers: int = 0  # processes making the samples while the network trains (0: made inline)
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"train-posenet: workers must be >= 0, got {self.workers}")
         if self.iterations <= 0 or self.batch <= 0 or self.pool_size < 2:
             raise ConfigError(f"train-posenet: iterations ({self.iterations}) and batch ({self.batch}) must be "
                               f"positive and pool_size ({self.pool_size}) at least 2")
@@ -591,6 +596,113 @@ def posenet_loss(out: dict, nocs_t: torch.Tensor, mask_t: torch.Tensor, conf_tol
 # ----------------------------------------------------------------------------------------------
 
 
+#: Batches requested ahead of the one the network trains on (the workers make them meanwhile).
+PREFETCH_BATCHES = 2
+
+
+class SampleFeed:
+    """Training batches cut from the view pool (and the real views), made inline (``workers=0``)
+    or by ``workers`` processes while the network trains on the previous batch.
+
+    What each sample is cut from (a pool slot or a real view) and its own seed are drawn here, in
+    batch order, ``PREFETCH_BATCHES`` ahead: a seed gives the same batches whatever the number of
+    workers. The pool is one float16 array ``[pool_size, C, C, 10]``, in shared memory when there
+    are workers; :meth:`put_view` only replaces a slot that no requested batch reads. Why: making
+    a sample is numpy and OpenCV on one thread (0.12 s per batch of 16 at 128 px, 0.55 s at 256 px),
+    on a GPU most of a training step (docs/benchmarks.md, "GPU").
+    """
+
+    def __init__(self, maker: "SampleMaker", pool_size: int, view_shape: tuple, real_views: Optional[list],
+                 workers: int = 0):
+        from collections import deque
+
+        self.maker, self.real_views = maker, list(real_views or [])
+        shape = (int(pool_size), *view_shape)
+        self._shm, self._procs = None, None
+        self._queue: deque = deque()  # (requests, pending result or None), oldest first
+        if workers > 0:
+            import multiprocessing as mp
+            from multiprocessing import shared_memory
+
+            self._shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)) * 2)
+            self.pool = np.ndarray(shape, np.float16, buffer=self._shm.buf)
+            # spawn, not fork: the trainer holds torch (and maybe CUDA) threads a fork would copy
+            self._procs = mp.get_context("spawn").Pool(
+                workers, initializer=_feed_worker_start, initargs=(self._shm.name, shape, maker, self.real_views))
+        else:
+            self.pool = np.zeros(shape, np.float16)
+
+    def _in_flight(self) -> set:
+        return {i for requests, _ in self._queue for kind, i, _ in requests if kind == "pool"}
+
+    def put_view(self, view: np.ndarray, rng: np.random.Generator) -> int:
+        """Puts a new view into a random slot that no requested batch reads; -> the slot."""
+        busy = self._in_flight()
+        while True:
+            slot = int(rng.integers(len(self.pool)))
+            if slot not in busy:
+                self.pool[slot] = view
+                return slot
+
+    def request(self, rng: np.random.Generator, batch: int, real_fraction: float) -> None:
+        """Queues the next batch: per sample its source and seed (the workers start on it)."""
+        requests = []
+        for _ in range(batch):
+            if self.real_views and rng.random() < real_fraction:
+                requests.append(("real", int(rng.integers(len(self.real_views))), int(rng.integers(2 ** 63))))
+            else:
+                requests.append(("pool", int(rng.integers(len(self.pool))), int(rng.integers(2 ** 63))))
+        pending = None
+        if self._procs is not None:
+            pending = self._procs.map_async(_feed_make, requests, chunksize=max(1, batch // 8))
+        self._queue.append((requests, pending))
+
+    def take(self) -> tuple[list, int]:
+        """The oldest requested batch -> (samples, how many of them are cut from real views)."""
+        requests, pending = self._queue.popleft()
+        if pending is not None:
+            samples = pending.get()
+        else:
+            samples = [_make_sample(self.maker, self.pool, self.real_views, r) for r in requests]
+        return samples, sum(kind == "real" for kind, _, _ in requests)
+
+    def close(self) -> None:
+        if self._procs is not None:
+            self._procs.terminate()
+            self._procs.join()
+            self._procs = None
+        if self._shm is not None:
+            self.pool = None
+            self._shm.close()
+            self._shm.unlink()
+            self._shm = None
+
+
+def _make_sample(maker, pool, real_views, request):
+    kind, index, seed = request
+    view = real_views[index] if kind == "real" else pool[index]
+    return maker.make(view, np.random.default_rng(seed), real=kind == "real")
+
+
+_WORKER: dict = {}  # a feed worker's state (its own process)
+
+
+def _feed_worker_start(shm_name: str, shape: tuple, maker, real_views) -> None:
+    from multiprocessing import resource_tracker, shared_memory
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    shm = shared_memory.SharedMemory(name=shm_name)
+    # the trainer owns the block: this process must not unlink it when it exits (Python < 3.13
+    # registers every attachment with the resource tracker)
+    resource_tracker.unregister(shm._name, "shared_memory")
+    _WORKER.update(shm=shm, pool=np.ndarray(shape, np.float16, buffer=shm.buf), maker=maker, real=real_views)
+
+
+def _feed_make(request):
+    return _make_sample(_WORKER["maker"], _WORKER["pool"], _WORKER["real"], request)
+
+
 def _to_batch(samples, device):
     imgs = torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2)
     nocs = torch.from_numpy(np.stack([s[1] for s in samples])).permute(0, 3, 1, 2)
@@ -641,21 +753,29 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
     del val_views
     val_batch = _to_batch(val, dev)
 
-    pool = []
+    net = (_initial_network(cfg.init_from, cfg.network, metadata) if cfg.init_from else PoseNet(cfg.network)).to(dev)
+    first = new_view()
+    feed = SampleFeed(maker, cfg.pool_size, first.shape, real_views, cfg.workers)
     bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.pool_size, desc="rendering the view pool", unit="view", leave=False)
-    for _ in range(cfg.pool_size):
-        pool.append(new_view())
+    try:
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.pool_size, desc="rendering the view pool", unit="view", leave=False)
+        for i in range(cfg.pool_size):
+            feed.pool[i] = first if i == 0 else new_view()
+            if bar is not None:
+                bar.update(1)
+        for _ in range(PREFETCH_BATCHES):
+            feed.request(rng, cfg.batch, cfg.real_fraction)
+    except BaseException:
+        feed.close()
+        raise
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     n_views = cfg.pool_size + cfg.val_size
     n_real = 0
 
-    net = (_initial_network(cfg.init_from, cfg.network, metadata) if cfg.init_from else PoseNet(cfg.network)).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = {"iteration": [], "seconds": [], "train": [], "val": [], "lr": []}
     t_train = time.time()
@@ -684,17 +804,13 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
                 g["lr"] = lr
             refresh_acc += cfg.refresh_per_iter
             while refresh_acc >= 1.0:
-                pool[rng.integers(len(pool))] = new_view()
+                feed.put_view(new_view(), rng)
                 n_views += 1
                 refresh_acc -= 1.0
-            t0 = time.time()
-            samples = []
-            for _ in range(cfg.batch):
-                if real_views and rng.random() < cfg.real_fraction:
-                    samples.append(maker.make(real_views[rng.integers(len(real_views))], rng, real=True))
-                    n_real += 1
-                else:
-                    samples.append(maker.make(pool[rng.integers(len(pool))], rng))
+            t0 = time.time()  # with workers: the wait for a batch they made meanwhile
+            samples, real_count = feed.take()
+            feed.request(rng, cfg.batch, cfg.real_fraction)
+            n_real += real_count
             batch = _to_batch(samples, dev)
             timings["samples"] += time.time() - t0
             t0 = time.time()
@@ -736,6 +852,7 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
     finally:
         if bar is not None:
             bar.close()
+        feed.close()
     net.eval()
     with torch.no_grad():
         _, vparts = posenet_loss(net(val_batch[0]), val_batch[1], val_batch[2])
@@ -749,12 +866,14 @@ def train_posenet(model: GaussianModel, metadata: ObjectMetadata, config: TrainC
     history["seconds_training"] = time.time() - t_train
     history["timings"] = timings
     history["torch_threads"] = torch.get_num_threads()
+    history["workers"] = cfg.workers
     history["device"] = str(dev)
     if out_path is not None:
         out_path = Path(out_path)
         training = {"config": cfg.to_dict(), "model_gaussians": model.num_gaussians,
                     **{k: history[k] for k in ("final_val", "iterations_done", "stopped_by", "views_rendered",
-                                                "real_views", "real_samples", "seconds_total", "timings", "torch_threads", "device")}}
+                                                "real_views", "real_samples", "seconds_total", "timings", "torch_threads",
+                                                "workers", "device")}}
         save_posenet(net, metadata, out_path, training=training)
         stem = out_path.with_suffix("")
         (stem.parent / (stem.name + "_history.json")).write_text(json.dumps(history, indent=1) + "\n")
