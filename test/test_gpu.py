@@ -13,10 +13,9 @@ import torch
 
 from gs2pose_ros.frame import TrackingState
 from gs2pose_ros.gaussians import write_gaussian_ply
-from gs2pose_ros.metrics import PoseErrorEvaluator
 from gs2pose_ros.refiner import GSRefiner, RefinerConfig
 
-from tracking_data import OracleCoarse, make_sequence, perturb
+from tracking_data import OracleCoarse, make_sequence, occluded_box_pair, perturb
 
 pytestmark = pytest.mark.gpu
 
@@ -31,19 +30,13 @@ def cuda_with_gsplat():
         pytest.skip("needs gsplat (pip install gsplat==1.5.3 packaging)")
 
 
-def _evaluator(seq):
-    return PoseErrorEvaluator(seq.points, seq.meta.diameter, seq.meta.symmetric)
-
-
 @pytest.fixture(scope="module")
 def box_seq():
-    torch.manual_seed(0)
-    return make_sequence("printed_box", 2, seed=11, width=320, height=240, occlusion=True,
-                         light_change=True, n_gaussians=3000)
+    return occluded_box_pair()
 
 
 def test_refiner_on_cuda_converges_from_15deg_3cm(box_seq):
-    ev = _evaluator(box_seq)
+    ev = box_seq.evaluator()
     ref = GSRefiner(box_seq.model.to("cuda"), box_seq.meta, RefinerConfig())
     rng = np.random.default_rng(3)
     T = box_seq.poses[0]
@@ -83,7 +76,7 @@ def test_tracker_on_cuda_loses_the_object_out_of_view_and_keeps_the_model_file(t
     tr = PoseTracker.from_files(path, None, device="cuda")
     assert tr.device.type == "cuda"
     tr.coarse = OracleCoarse(seq, seed=1)
-    ev = _evaluator(seq)
+    ev = seq.evaluator()
     out = [tr.track(f) for f in seq.frames]
     for i, est in enumerate(out):
         if not seq.visible[i]:

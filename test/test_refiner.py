@@ -4,22 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from gs2pose_ros.metrics import PoseErrorEvaluator
 from gs2pose_ros.refiner import GSRefiner, RefinerConfig, apply_twist, combine_confidence
 from gs2pose_ros.lie import se3_exp
 
-from tracking_data import make_sequence, perturb
+from tracking_data import make_sequence, occluded_box_pair, perturb
 
 
 @pytest.fixture(scope="module")
 def box_seq():
-    torch.manual_seed(0)
-    return make_sequence("printed_box", 2, seed=11, width=320, height=240, occlusion=True,
-                         light_change=True, n_gaussians=3000)
-
-
-def _evaluator(seq):
-    return PoseErrorEvaluator(seq.points, seq.meta.diameter, seq.meta.symmetric)
+    return occluded_box_pair()
 
 
 def test_apply_twist_centered_rotates_about_object_origin():
@@ -34,7 +27,7 @@ def test_apply_twist_centered_rotates_about_object_origin():
 
 
 def test_refiner_converges_from_15deg_3cm(box_seq):
-    ev = _evaluator(box_seq)
+    ev = box_seq.evaluator()
     ref = GSRefiner(box_seq.model, box_seq.meta, RefinerConfig(iterations=15, crop_size=64))
     rng = np.random.default_rng(3)
     for i in range(1):
@@ -186,7 +179,7 @@ def mug_seq():
 def test_refinement_from_the_true_pose_stays_there_on_an_occluded_mug(mug_seq):
     """The known mug failure: 40 steps from the *true* pose ended 25 mm away (photometric terms
     counted occluded pixels as perfect matches and compared the render with the background)."""
-    ev = _evaluator(mug_seq)
+    ev = mug_seq.evaluator()
     ref = GSRefiner(mug_seq.model, mug_seq.meta)
     T = mug_seq.poses[3]
     r = ref.refine(mug_seq.frames[3], T, icp=False)

@@ -84,6 +84,12 @@ class Sequence:
     meta: ObjectMetadata
     points: np.ndarray  # model points for ADD, metres
 
+    def evaluator(self):
+        """ADD(-S) of this sequence's object (metrics.PoseErrorEvaluator)."""
+        from gs2pose_ros.metrics import PoseErrorEvaluator
+
+        return PoseErrorEvaluator(self.points, self.meta.diameter, self.meta.symmetric)
+
 
 def trajectory(n: int, seed: int, speed: float = 1.0) -> list[np.ndarray]:
     """A smooth object trajectory about 0.5 m in front of the camera."""
@@ -197,3 +203,10 @@ def perturb(T: np.ndarray, omega, rho) -> np.ndarray:
     out[:3, :3] = R @ out[:3, :3]
     out[:3, 3] += np.asarray(rho, dtype=np.float64)
     return out
+
+
+def occluded_box_pair() -> Sequence:
+    """The refiner tests' two 320x240 printed_box frames: an occluding card, the light changing."""
+    torch.manual_seed(0)
+    return make_sequence("printed_box", 2, seed=11, width=320, height=240, occlusion=True,
+                         light_change=True, n_gaussians=3000)
