@@ -656,3 +656,28 @@ def test_training_draws_real_samples(toy_views_and_model, tmp_path):
     assert hist["real_views"] == len(views) and 10 <= hist["real_samples"] <= 24
     with pytest.raises(ConfigError):
         TrainConfig(real_fraction=1.5)
+
+
+def test_sample_workers_read_real_views_from_shared_memory(toy_views_and_model):
+    """Real views (whole frames of one size) go to the workers in shared memory, and the run is
+    the same as without workers."""
+    from pathlib import Path
+
+    from gs2pose_ros.posenet.train import TrainConfig, load_real_views, train_posenet
+
+    torch.set_num_threads(1)
+    scene, model, meta = toy_views_and_model
+    views, _ = load_real_views(scene, 1, model, meta)
+    cfg = TrainConfig(iterations=4, batch=4, pool_size=4, refresh_per_iter=0.0, val_size=2, log_every=2,
+                      network=TINY, real_fraction=0.75, seed=1)
+    before = set(Path("/dev/shm").glob("psm_*"))
+    blocks = []  # shared-memory blocks while training with workers: the pool and the real views
+    (a, ha), (b, hb) = [train_posenet(model, meta, dataclasses.replace(cfg, workers=w), progress=False,
+                                      real_views=views,
+                                      callback=lambda *_: blocks.append(len(set(Path("/dev/shm").glob("psm_*")) - before)))
+                        for w in (0, 2)]
+    assert ha["real_samples"] == hb["real_samples"] > 0
+    half = len(blocks) // 2  # the callback's calls of the run without workers, then with
+    assert set(blocks[:half]) == {0} and set(blocks[half:]) == {2}, blocks
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k

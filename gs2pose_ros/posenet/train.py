@@ -618,19 +618,31 @@ class SampleFeed:
 
         self.maker, self.real_views = maker, list(real_views or [])
         shape = (int(pool_size), *view_shape)
-        self._shm, self._procs = None, None
+        self._blocks: list = []  # shared-memory blocks this feed created (and unlinks)
+        self._procs = None
         self._queue: deque = deque()  # (requests, pending result or None), oldest first
         if workers > 0:
             import multiprocessing as mp
-            from multiprocessing import shared_memory
 
-            self._shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)) * 2)
-            self.pool = np.ndarray(shape, np.float16, buffer=self._shm.buf)
+            self.pool, pool_spec = self._shared(shape)
+            real_spec = self.real_views  # sent to each worker once, unless they share one shape:
+            if self.real_views and all(v.shape == self.real_views[0].shape for v in self.real_views):
+                stacked, real_spec = self._shared((len(self.real_views), *self.real_views[0].shape))
+                stacked[:] = np.stack(self.real_views)  # (whole float16 frames: 6 MB each at 640x480)
+                self.real_views = stacked
             # spawn, not fork: the trainer holds torch (and maybe CUDA) threads a fork would copy
             self._procs = mp.get_context("spawn").Pool(
-                workers, initializer=_feed_worker_start, initargs=(self._shm.name, shape, maker, self.real_views))
+                workers, initializer=_feed_worker_start, initargs=(pool_spec, real_spec, maker))
         else:
             self.pool = np.zeros(shape, np.float16)
+
+    def _shared(self, shape: tuple) -> tuple[np.ndarray, tuple]:
+        """A float16 array in a new shared-memory block -> (array, (block name, shape))."""
+        from multiprocessing import shared_memory
+
+        block = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape)) * 2))
+        self._blocks.append(block)
+        return np.ndarray(shape, np.float16, buffer=block.buf), (block.name, shape)
 
     def _in_flight(self) -> set:
         return {i for requests, _ in self._queue for kind, i, _ in requests if kind == "pool"}
@@ -648,7 +660,7 @@ class SampleFeed:
         """Queues the next batch: per sample its source and seed (the workers start on it)."""
         requests = []
         for _ in range(batch):
-            if self.real_views and rng.random() < real_fraction:
+            if len(self.real_views) and rng.random() < real_fraction:
                 requests.append(("real", int(rng.integers(len(self.real_views))), int(rng.integers(2 ** 63))))
             else:
                 requests.append(("pool", int(rng.integers(len(self.pool))), int(rng.integers(2 ** 63))))
@@ -671,11 +683,12 @@ class SampleFeed:
             self._procs.terminate()
             self._procs.join()
             self._procs = None
-        if self._shm is not None:
-            self.pool = None
-            self._shm.close()
-            self._shm.unlink()
-            self._shm = None
+        if self._blocks:
+            self.pool = self.real_views = None  # (views into the blocks)
+            for block in self._blocks:
+                block.close()
+                block.unlink()
+            self._blocks = []
 
 
 def _make_sample(maker, pool, real_views, request):
@@ -687,16 +700,24 @@ def _make_sample(maker, pool, real_views, request):
 _WORKER: dict = {}  # a feed worker's state (its own process)
 
 
-def _feed_worker_start(shm_name: str, shape: tuple, maker, real_views) -> None:
+def _feed_worker_start(pool_spec: tuple, real_spec, maker) -> None:
+    """A feed worker's set-up: the pool (and the real views, when they were shared) attached."""
     from multiprocessing import resource_tracker, shared_memory
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    shm = shared_memory.SharedMemory(name=shm_name)
-    # the trainer owns the block: this process must not unlink it when it exits (Python < 3.13
-    # registers every attachment with the resource tracker)
-    resource_tracker.unregister(shm._name, "shared_memory")
-    _WORKER.update(shm=shm, pool=np.ndarray(shape, np.float16, buffer=shm.buf), maker=maker, real=real_views)
+
+    def attach(spec):
+        name, shape = spec
+        block = shared_memory.SharedMemory(name=name)
+        # the trainer owns the block: this process must not unlink it when it exits (Python < 3.13
+        # registers every attachment with the resource tracker)
+        resource_tracker.unregister(block._name, "shared_memory")
+        _WORKER.setdefault("blocks", []).append(block)
+        return np.ndarray(shape, np.float16, buffer=block.buf)
+
+    real = attach(real_spec) if isinstance(real_spec, tuple) else real_spec
+    _WORKER.update(pool=attach(pool_spec), maker=maker, real=real)
 
 
 def _feed_make(request):
