@@ -702,17 +702,16 @@ _WORKER: dict = {}  # a feed worker's state (its own process)
 
 def _feed_worker_start(pool_spec: tuple, real_spec, maker) -> None:
     """A feed worker's set-up: the pool (and the real views, when they were shared) attached."""
-    from multiprocessing import resource_tracker, shared_memory
+    from multiprocessing import shared_memory
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 
     def attach(spec):
         name, shape = spec
+        # (a spawned worker shares the trainer's resource tracker: attaching registers the block
+        # again, which it ignores, and the trainer's unlink unregisters it once)
         block = shared_memory.SharedMemory(name=name)
-        # the trainer owns the block: this process must not unlink it when it exits (Python < 3.13
-        # registers every attachment with the resource tracker)
-        resource_tracker.unregister(block._name, "shared_memory")
         _WORKER.setdefault("blocks", []).append(block)
         return np.ndarray(shape, np.float16, buffer=block.buf)
 
