@@ -296,6 +296,20 @@ class ObjectMetadata:
         """[3] float64 centre of the NOCS box (object frame, metres)."""
         return 0.5 * (np.asarray(self.bbox_min, dtype=np.float64) + np.asarray(self.bbox_max, dtype=np.float64))
 
+    @property
+    def near_axes(self) -> Optional[list]:
+        """``near_symmetry_axes`` as :func:`gs2pose_ros.mesh.near_symmetry_axes` returns them:
+        ``[(direction [3], point [3])]`` float64 arrays; None when not computed."""
+        if self.near_symmetry_axes is None:
+            return None
+        return [(np.asarray(a["direction"], dtype=np.float64), np.asarray(a["point"], dtype=np.float64))
+                for a in self.near_symmetry_axes]
+
+    @near_axes.setter
+    def near_axes(self, axes: Optional[list]) -> None:
+        self.near_symmetry_axes = None if axes is None else [
+            {"direction": [float(x) for x in e], "point": [float(x) for x in c]} for e, c in axes]
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

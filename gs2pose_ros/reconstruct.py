@@ -950,8 +950,7 @@ def _store_near_symmetry_axes(meta: ObjectMetadata, model: GaussianModel) -> Non
     from gs2pose_ros.mesh import near_symmetry_axes
 
     pts = model.means.detach().cpu().double().numpy()
-    meta.near_symmetry_axes = [{"direction": [float(x) for x in e], "point": [float(x) for x in c]}
-                               for e, c in near_symmetry_axes(pts, meta.diameter)]
+    meta.near_axes = near_symmetry_axes(pts, meta.diameter)
 
 
 def _models_info_of(scene, obj_id: int):

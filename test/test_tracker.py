@@ -10,7 +10,6 @@ import torch
 
 from gs2pose_ros.frame import PoseEstimate, TrackingState
 from gs2pose_ros.gaussians import write_gaussian_ply
-from gs2pose_ros.metrics import PoseErrorEvaluator
 from gs2pose_ros.tracker import PoseTracker, TrackerConfig
 
 from tracking_data import OracleCoarse, make_sequence
@@ -26,9 +25,8 @@ def seq_leave():
 
 
 def _err(seq, i, est):
-    ev = PoseErrorEvaluator(seq.points, seq.meta.diameter, seq.meta.symmetric)
     T = seq.poses[i]
-    return ev.evaluate(est.T_cam_obj[:3, :3], est.T_cam_obj[:3, 3], T[:3, :3], T[:3, 3])
+    return seq.evaluator().evaluate(est.T_cam_obj[:3, :3], est.T_cam_obj[:3, 3], T[:3, :3], T[:3, 3])
 
 
 @pytest.mark.slow  # every lost frame runs a full re-detection: ~5 min wall on the shared 2-core CPU
@@ -419,8 +417,8 @@ def test_a_mug_detected_with_handle_and_logo_facing_away_is_not_confirmed(tmp_pa
 
     import gs2pose_ros.tracker as tracker_module
 
-    stored = dataclasses.replace(meta, near_symmetry_axes=[{"direction": e.tolist(), "point": c.tolist()}
-                                                           for e, c in tr._near_axes])
+    stored = dataclasses.replace(meta)
+    stored.near_axes = tr._near_axes
     monkeypatch.setattr(tracker_module, "near_symmetry_axes", lambda *a, **k: pytest.fail("axes searched again"))
     tr2 = PoseTracker(model, stored, coarse=_TruthCoarse(T), config={"try_flips": False}, device="cpu")
     assert tr2.estimate(frame).pose_valid == handle_in_view
