@@ -216,9 +216,7 @@ class PoseTracker:
         self.appearance = AppearanceState(self.model)
         self._hull_points: Optional[np.ndarray] = None
         # mesh.near_symmetry_axes: stored in the metadata by build-model, else computed on first use
-        self._near_axes: Optional[list] = None if metadata.near_symmetry_axes is None else [
-            (np.asarray(a["direction"], dtype=np.float64), np.asarray(a["point"], dtype=np.float64))
-            for a in metadata.near_symmetry_axes]
+        self._near_axes: Optional[list] = metadata.near_axes
         self.reset()
 
     @classmethod
@@ -365,11 +363,12 @@ class PoseTracker:
         if not self.config.check_axis_ambiguity or self.metadata.symmetric:
             return False
         t0 = time.perf_counter()
-        if self._near_axes is None:
-            means = self.model.means.detach().cpu().numpy().astype(np.float64)
-            self._near_axes = near_symmetry_axes(means, self.diameter)
-        found = False
-        if self._near_axes:
+        try:
+            if self._near_axes is None:
+                means = self.model.means.detach().cpu().numpy().astype(np.float64)
+                self._near_axes = near_symmetry_axes(means, self.diameter)
+            if not self._near_axes:
+                return False
             from gs2pose_ros.posenet.coarse import turned_about  # (as _best_flip)
 
             app = getattr(result, "_appearance", None) or self.appearance
@@ -385,12 +384,10 @@ class PoseTracker:
                     s = self.refiner.score(frame, T_turn, appearance=app).confidence
                     if s >= ref - AXIS_AMBIGUITY_TOL:
                         result.diagnostics["ambiguous_about_axis"] = float(s)
-                        found = True
-                        break
-                if found:
-                    break
-        stages["axis_check"] = stages.get("axis_check", 0.0) + time.perf_counter() - t0
-        return found
+                        return True
+            return False
+        finally:
+            stages["axis_check"] = stages.get("axis_check", 0.0) + time.perf_counter() - t0
 
     def _mask_on_pose(self, mask: np.ndarray, T_cam_obj: np.ndarray, K: np.ndarray) -> float:
         """Share of the ``[H, W]`` bool ``mask`` inside the convex hull of the model's projected
@@ -564,9 +561,9 @@ class PoseTracker:
         t_start = time.perf_counter()
         stages: dict = {}
         r, iters = self._detect(frame, stages)
-        latency = time.perf_counter() - t_start
         if r is None:
-            return PoseEstimate(np.eye(4), 0.0, TrackingState.INITIALIZING, False, iters, latency, stages)
+            return PoseEstimate(np.eye(4), 0.0, TrackingState.INITIALIZING, False, iters,
+                                time.perf_counter() - t_start, stages)
         # a single frame is a detection: it must reach what a detection needs to start a track
         valid = self._confirmed(frame, r, stages)
         latency = time.perf_counter() - t_start
