@@ -568,7 +568,10 @@ class GSRefiner:
             dist, idx = tree.query(Q[inb], k=1)
             idx = front[idx]
             keep = dist < max(margin, 0.004)
-            if keep.sum() < 10:
+            # ten pairs on fewer than ten model points constrain nothing (ten observed points all
+            # nearest to one model point made the normal equations singular: a half-turn of a seed-9
+            # printed_box detection)
+            if keep.sum() < 10 or len(np.unique(idx[keep])) < 10:
                 break
             src = self._points[idx[keep]]  # model points (object frame)
             dst = P[inb][keep]  # observed points (camera frame)
@@ -679,7 +682,7 @@ class GSRefiner:
         w[nf:] *= rev_weight
         # damped (Levenberg-Marquardt style) so that directions the shape does not constrain (a
         # rotation about a near-symmetry axis, a slide along a plane) barely move
-        rad2 = float(np.mean(((q - c) ** 2).sum(1)))
+        rad2 = max(float(np.mean(((q - c) ** 2).sum(1))), 1e-6)  # > 0: A stays positive definite
         lam = 0.02 * float(w[:nf].sum())
         A = (J * w[:, None]).T @ J + np.diag([lam] * 3 + [lam * rad2] * 3)
         x = -np.linalg.solve(A, (J * w[:, None]).T @ r)

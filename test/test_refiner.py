@@ -257,3 +257,31 @@ def test_icp_pulls_back_a_box_slid_along_its_length_with_one_end_occluded(box_pl
             Ti, _ = ref.icp(f, T0, ref.crop_for(f, T0), 10)
             e = T[:3, :3].T @ (Ti[:3, 3] - T[:3, 3])  # object frame
             assert np.linalg.norm(e) < 0.004, (i, off, e)
+
+
+def test_icp_step_on_pairs_that_share_one_model_point_stays_finite():
+    """Ten observed points all nearest to one model point (a half-turned detection of a seed-9
+    printed_box frame; the numbers are that step's) gave a singular normal-equation matrix and
+    crashed the evaluation; the step is now damped into a bounded, finite move (and the ICP stops
+    on such pairs)."""
+    T = np.eye(4)
+    T[:3] = [[-0.993849515914917, -0.07873520255088806, 0.07787111401557922, 0.08167143166065216],
+             [0.04162286967039108, -0.9172273874282837, -0.3961832523345947, 0.1670408546924591],
+             [0.10261912643909454, -0.3905054032802582, 0.9148634076118469, 0.3831411600112915]]
+    src = np.repeat([[0.007443013601005077, 0.05000000074505806, 0.027381278574466705]], 10, axis=0)
+    nrm = np.repeat([[0.011549173130457415, 0.6156337355546126, 0.787947790305345]], 10, axis=0)
+    dst = np.array([[0.07115121912665484, 0.09304390193485632, 0.3959999978542328],
+                    [0.07316829392580482, 0.09233902595876678, 0.3930000066757202],
+                    [0.07591707197631278, 0.09257398228335187, 0.39399999380111694],
+                    [0.06616666913032532, 0.09586097917905667, 0.3970000147819519],
+                    [0.06892195154980915, 0.09610243948494515, 0.39800000190734863],
+                    [0.0709715466431486, 0.09537805137110919, 0.39500001072883606],
+                    [0.07391301088216828, 0.09586097917905667, 0.3970000147819519],
+                    [0.07591707197631278, 0.09513658386905019, 0.39399999380111694],
+                    [0.07907723871673025, 0.09586097917905667, 0.3970000147819519],
+                    [0.07610975816482451, 0.09794715713194715, 0.39500001072883606]])
+    Tn = GSRefiner._icp_plane_step(T, src, nrm, dst, 10)
+    assert np.all(np.isfinite(Tn))
+    assert np.linalg.norm(Tn[:3, 3] - T[:3, 3]) <= 0.01 + 1e-9
+    cos = (np.trace(Tn[:3, :3] @ T[:3, :3].T) - 1) / 2
+    assert np.degrees(np.arccos(min(cos, 1.0))) <= 3.0 + 1e-3  # the step's trust region
