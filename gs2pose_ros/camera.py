@@ -349,3 +349,60 @@ def crop_image(
     if image.ndim == 3 and out.ndim == 2:  # cv2 drops a trailing channel axis of size 1
         out = out[:, :, None]
     return out.astype(np.bool_) if is_bool else out
+
+
+def fit_support_plane(depth: np.ndarray, K: np.ndarray, box, inlier_tol: float = 0.004,
+                      min_share: float = 0.4) -> "np.ndarray | None":
+    """A dominant plane (a table, a wall) in the outer ring of the box ``(x0, y0, w, h)`` (frame
+    pixels) of the depth image ``[H, W]`` (metres, 0 = missing): ``[4]`` as ``(n, d)`` with
+    ``n . x = d`` (camera frame, metres), or None when under ``min_share`` of the ring's points
+    lie within ``inlier_tol`` of one plane. The object stands on it, it is not part of it: the
+    refiner and the coarse stage leave its pixels out.
+
+    Hand-written: RANSAC over 96 ring points (64 three-point hypotheses at once) and a least-squares
+    refit; OpenCV and SciPy have no plane RANSAC, and Open3D is not a dependency."""
+    x0, y0, w, h = box
+    H, W = depth.shape
+    n = 24
+    ts = (np.arange(n) + 0.5) / n
+    ring = np.concatenate([np.stack([x0 + ts * w, np.full(n, y0 + 0.04 * h)], 1),
+                           np.stack([x0 + ts * w, np.full(n, y0 + 0.96 * h)], 1),
+                           np.stack([np.full(n, x0 + 0.04 * w), y0 + ts * h], 1),
+                           np.stack([np.full(n, x0 + 0.96 * w), y0 + ts * h], 1)])
+    u = np.floor(ring[:, 0]).astype(int)
+    v = np.floor(ring[:, 1]).astype(int)
+    ok = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    u, v = u[ok], v[ok]
+    z = depth[v, u].astype(np.float64)
+    u, v, z = u[z > 0], v[z > 0], z[z > 0]
+    if len(z) < 20:
+        return None
+    P = np.stack([(u + 0.5 - K[0, 2]) / K[0, 0] * z, (v + 0.5 - K[1, 2]) / K[1, 1] * z, z], 1)
+    rng = np.random.default_rng(0)
+    tri = P[rng.integers(0, len(P), size=(64, 3))]
+    nv = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    nn = np.linalg.norm(nv, axis=1)
+    good = nn > 1e-9
+    if not good.any():
+        return None
+    nv = nv[good] / nn[good, None]
+    d = np.einsum("hk,hk->h", nv, tri[good, 0])
+    counts = (np.abs(P @ nv.T - d) < inlier_tol).sum(0)
+    k = int(np.argmax(counts))
+    if counts[k] < min_share * len(P):
+        return None
+    inl = np.abs(P @ nv[k] - d[k]) < inlier_tol
+    c = P[inl].mean(0)  # least-squares refit on the inliers
+    _, _, vt = np.linalg.svd(P[inl] - c)
+    normal = vt[2]
+    return np.concatenate([normal, [float(normal @ c)]])
+
+
+def on_plane(depth: np.ndarray, K: np.ndarray, plane: np.ndarray, tol: float) -> np.ndarray:
+    """``[H, W]`` bool: pixels of ``depth`` (metres, 0 = missing; intrinsics ``K`` of that image, a
+    crop's included) whose back-projected point lies within ``tol`` metres of ``plane`` (n, d)."""
+    H, W = depth.shape
+    uu = (np.arange(W) + 0.5 - K[0, 2]) / K[0, 0]
+    vv = (np.arange(H) + 0.5 - K[1, 2]) / K[1, 1]
+    dist = (plane[0] * uu[None, :] + plane[1] * vv[:, None] + plane[2]) * depth - plane[3]
+    return (np.abs(dist) < tol) & (depth > 0)

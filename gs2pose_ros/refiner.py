@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-from gs2pose_ros.camera import PinholeCamera, backproject_depth, crop_box_around, crop_image
+from gs2pose_ros.camera import (PinholeCamera, backproject_depth, crop_box_around, crop_image, fit_support_plane,
+                                 on_plane)
 from gs2pose_ros.mesh import pca_normals
 from gs2pose_ros.errors import ConfigError, InputError
 from gs2pose_ros.frame import Frame
@@ -456,12 +457,7 @@ class GSRefiner:
             depth = torch.as_tensor(d, dtype=self.dtype, device=self.device)
         ext_mask = None
         if plane is not None and depth is not None:
-            Kc = cam.K
-            uu = (np.arange(S) + 0.5 - Kc[0, 2]) / Kc[0, 0]
-            vv = (np.arange(S) + 0.5 - Kc[1, 2]) / Kc[1, 1]
-            dist = (plane[0] * uu[None, :] + plane[1] * vv[:, None] + plane[2]) * d - plane[3]
-            off_plane = ~((np.abs(dist) < self.config.plane_tol) & (d > 0))
-            ext_mask = torch.as_tensor(off_plane, device=self.device)
+            ext_mask = torch.as_tensor(~on_plane(d, cam.K, plane, self.config.plane_tol), device=self.device)
         if mask is not None:
             m = torch.as_tensor(crop_image(np.asarray(mask).astype(bool), x0, y0, w, h, S, S), device=self.device)
             ext_mask = m if ext_mask is None else (ext_mask & m)
@@ -474,45 +470,7 @@ class GSRefiner:
         the observed object mask: the object stands on it, it is not part of it."""
         if frame.depth is None or not self.config.remove_support_plane:
             return None
-        x0, y0, w, h = box
-        H, W = frame.depth.shape
-        n = 24
-        ts = (np.arange(n) + 0.5) / n
-        ring = np.concatenate([np.stack([x0 + ts * w, np.full(n, y0 + 0.04 * h)], 1),
-                               np.stack([x0 + ts * w, np.full(n, y0 + 0.96 * h)], 1),
-                               np.stack([np.full(n, x0 + 0.04 * w), y0 + ts * h], 1),
-                               np.stack([np.full(n, x0 + 0.96 * w), y0 + ts * h], 1)])
-        u = np.floor(ring[:, 0]).astype(int)
-        v = np.floor(ring[:, 1]).astype(int)
-        ok = (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        u, v = u[ok], v[ok]
-        z = frame.depth[v, u].astype(np.float64)
-        u, v, z = u[z > 0], v[z > 0], z[z > 0]
-        if len(z) < 20:
-            return None
-        K = frame.K
-        P = np.stack([(u + 0.5 - K[0, 2]) / K[0, 0] * z, (v + 0.5 - K[1, 2]) / K[1, 1] * z, z], 1)
-        rng = np.random.default_rng(0)
-        # 64 hypotheses at once: plane through 3 random ring points each
-        tri = P[rng.integers(0, len(P), size=(64, 3))]
-        nv = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        nn = np.linalg.norm(nv, axis=1)
-        good = nn > 1e-9
-        if not good.any():
-            return None
-        nv = nv[good] / nn[good, None]
-        d = np.einsum("hk,hk->h", nv, tri[good, 0])
-        counts = (np.abs(P @ nv.T - d) < 0.004).sum(0)
-        k = int(np.argmax(counts))
-        best, best_n = (nv[k], float(d[k])), int(counts[k])
-        if best_n < 0.4 * len(P):
-            return None
-        nv, d = best
-        inl = np.abs(P @ nv - d) < 0.004
-        c = P[inl].mean(0)  # least-squares refit on the inliers
-        _, _, vt = np.linalg.svd(P[inl] - c)
-        nv = vt[2]
-        return np.concatenate([nv, [float(nv @ c)]])
+        return fit_support_plane(frame.depth, frame.K, box)
 
     # -- ICP ---------------------------------------------------------------------------------------
 

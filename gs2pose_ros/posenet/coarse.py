@@ -472,7 +472,7 @@ class CoarsePoseEstimator:
                  depth_tolerance: float = 0.03, flips: bool = True, anchor_weight: float = 0.02,
                  search: bool = True, search_below: float = 0.5, search_views: int = 30, search_in_plane: int = 6,
                  low_mask_threshold: float = 0.3, candidates: int = 2, candidate_confidence: float = 0.5,
-                 locate_size: Optional[int] = None):
+                 locate_size: Optional[int] = None, support_plane_tol: Optional[float] = 0.006):
         self.net = posenet.eval()
         self.metadata = metadata
         self.model = model
@@ -508,6 +508,9 @@ class CoarsePoseEstimator:
         self.search_below = float(search_below)
         self._grid = rotation_grid(search_views, search_in_plane) if search else None
         self.depth_tolerance = float(depth_tolerance)  # x diameter: depth agreement / ICP's final gate
+        # mask pixels within this (metres) of the supporting plane (table, floor) are not the
+        # object; None keeps them (see _predict_crop)
+        self.support_plane_tol = support_plane_tol
         self._geometry = None
 
     @property
@@ -639,7 +642,14 @@ class CoarsePoseEstimator:
         # the full-frame pass sees the object small and may only catch part of it: the first crop
         # keeps context around its box (as the training's context samples do); later ones are tight
         crop_box, crop, K_crop = self._crop(frame, box, padding=1.0 if full_frame else None)
-        pred = self._predict_crop(frame, crop_box, crop)
+        plane = None
+        if self.support_plane_tol is not None and self.use_depth and frame.depth is not None:
+            from gs2pose_ros.camera import fit_support_plane
+
+            # from the first crop, whose outer ring is the object's surroundings (later crops are
+            # tight: their ring can lie on the object)
+            plane = fit_support_plane(frame.depth, frame.K, crop_box)
+        pred = self._predict_crop(frame, crop_box, crop, plane)
         for _ in range(self.refine_passes):
             b = self._mask_box(pred["mask"])
             if b is None:
@@ -657,7 +667,7 @@ class CoarsePoseEstimator:
                 # zooming in more than ~2.5x in one pass means the mask caught a detail, not the object
                 break
             crop_box, crop, K_crop = self._crop(frame, fb)
-            pred = self._predict_crop(frame, crop_box, crop)
+            pred = self._predict_crop(frame, crop_box, crop, plane)
         stages["network"] = stages.get("network", 0.0) + time.perf_counter() - t1
         t2 = time.perf_counter()
         depth_crop = None
@@ -676,9 +686,12 @@ class CoarsePoseEstimator:
         result.mask = self._frame_mask(frame, crop_box, m)
         return result
 
-    def _predict_crop(self, frame, crop_box, crop):
-        """``predict`` with the mask zeroed on the crop's parts outside the frame (padding)."""
+    def _predict_crop(self, frame, crop_box, crop, plane=None):
+        """``predict`` with the mask zeroed on the crop's parts outside the frame (padding) and,
+        given the supporting ``plane`` (n, d), on the pixels whose depth lies on it."""
         pred = self.predict(crop)
+        if plane is not None:
+            self._drop_plane_pixels(frame, crop_box, pred["mask"], plane)
         pred["rgb"] = crop
         x0, y0, w, h = crop_box
         S = self.size
@@ -694,6 +707,29 @@ class CoarsePoseEstimator:
         if r1 < S:
             m[max(r1, 0):] = 0
         return pred
+
+    #: the supporting plane is left out of a mask only if that keeps at least this share of it
+    #: (more on the plane means the "plane" is the object's own face, seen up close)
+    MIN_KEPT_OFF_PLANE = 0.2
+
+    def _drop_plane_pixels(self, frame, crop_box, mask: np.ndarray, plane: np.ndarray) -> None:
+        """Zeroes ``mask`` ([S, S] probabilities, in place) where the crop's depth lies on ``plane``.
+
+        A network trained on renders composited over flat textures has never seen the object
+        standing on a floor: longer-trained printed_box networks painted half the wooden floor
+        in front of the box into the mask (`make demo`'s sequence), and those pixels' NOCS pulled
+        the pose 90-180 deg off. With depth, the supporting plane is never the object."""
+        from gs2pose_ros.camera import PinholeCamera, crop_image, on_plane
+
+        x0, y0, w, h = crop_box
+        S = mask.shape[0]
+        depth = crop_image(frame.depth, x0, y0, w, h, S, S, interpolation=cv2.INTER_NEAREST, border_value=0)
+        K = PinholeCamera.from_K(frame.K, frame.width, frame.height).crop(x0, y0, w, h, S, S).K
+        flat = on_plane(depth, K, plane, self.support_plane_tol)
+        inside = mask > self.low_mask_threshold
+        n = int(inside.sum())
+        if n and (inside & ~flat).sum() >= self.MIN_KEPT_OFF_PLANE * n:
+            mask[flat] = 0.0
 
     def _frame_mask(self, frame, crop_box, mask_crop):
         x0, y0, w, h = crop_box
