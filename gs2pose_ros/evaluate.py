@@ -168,7 +168,7 @@ def evaluate_sequence(tracker, frames, gts, visible, evaluator, mode: str, coars
                "iterations": int(est.iterations), "stages": {k: float(v) for k, v in est.stages.items()},
                "tracking_step": bool(mode == "track" and prev_state == TrackingState.TRACKING
                                      and "posenet" not in est.stages),
-               "T": np.asarray(est.T_cam_obj).tolist()}
+               "T": np.asarray(est.T_cam_obj).tolist(), "diagnostics": dict(est.diagnostics)}
         if T_gt is not None and vis:
             e = evaluator.evaluate(est.T_cam_obj[:3, :3], est.T_cam_obj[:3, 3], T_gt[:3, :3], T_gt[:3, 3])
             rec.update({"add": e.add, "adds": e.adds, "add_or_adds": e.add_or_adds, "re_deg": e.re, "te": e.te,

@@ -111,6 +111,8 @@ class PoseEstimate:
         iterations: refinement iterations spent on this frame.
         latency: seconds spent by the estimator on this frame.
         stages: seconds per stage (e.g. {"posenet": ..., "refine": ...}), for profiling.
+        diagnostics: the final refinement's numbers behind the confidence (depth_inlier_ratio,
+            silhouette_iou, ncc, in_image_fraction, ...; see ``RefineResult``), for evaluation.
     """
 
     T_cam_obj: np.ndarray
@@ -120,3 +122,4 @@ class PoseEstimate:
     iterations: int = 0
     latency: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, float] = field(default_factory=dict)

@@ -549,7 +549,7 @@ class PoseTracker:
         valid = self.state == TrackingState.TRACKING and self._low == 0 and \
             result.confidence >= cfg.valid_threshold
         return PoseEstimate(result.T_cam_obj.copy(), float(result.confidence), self.state, bool(valid),
-                            iters, latency, stages)
+                            iters, latency, stages, _numbers(result.diagnostics))
 
     def estimate(self, frame: Frame) -> PoseEstimate:
         """Single-frame estimate (coarse + full refinement), independent of the track state.
@@ -569,7 +569,7 @@ class PoseTracker:
         latency = time.perf_counter() - t_start
         return PoseEstimate(r.T_cam_obj.copy(), float(r.confidence),
                             TrackingState.TRACKING if valid else TrackingState.INITIALIZING, bool(valid),
-                            iters, latency, stages)
+                            iters, latency, stages, _numbers(r.diagnostics))
 
     def render_overlay(self, frame: Frame, estimate: PoseEstimate, max_side: int = 256) -> np.ndarray:
         """The frame with the model rendered at ``estimate`` (tinted green when valid, red when not)
@@ -611,6 +611,12 @@ class PoseTracker:
         label = f"{self.object_name} {estimate.state.name} conf {estimate.confidence:.2f}"
         cv2.putText(img, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, tuple(int(v) for v in colour), 1, cv2.LINE_AA)
         return img
+
+
+def _numbers(diagnostics: dict) -> dict:
+    """The scalar entries of a refinement's diagnostics, as floats (what a report can hold)."""
+    return {k: float(v) for k, v in diagnostics.items()
+            if isinstance(v, (bool, int, float, np.floating, np.integer)) and math.isfinite(float(v))}
 
 
 def _read_config_file(path: Path) -> dict:

@@ -8,7 +8,7 @@
 # Needs a Python with this project's dependencies, gsplat 1.5.3 and a CUDA toolkit (nvcc) for
 # gsplat's just-in-time build: PYTHON (default .venv/bin/python, else python3). Each step is
 # skipped once GPU_CHECKS_BUDGET seconds (default 3600) have passed since the start, so a run on
-# a lent machine ends in time. Objects other than printed_box need OBJECT_MODEL_<object> and
+# a lent machine ends in time. The logs and results (not the data) are also packed into OUT.tgz. Objects other than printed_box need OBJECT_MODEL_<object> and
 # OBJECT_POSENET_<object> (paths); printed_box uses the shipped assets.
 set -uo pipefail
 
@@ -105,4 +105,6 @@ for mode in track estimate; do
     tail -11 "$OUT/eval_${o}_$mode.log"
   done
 done
+# everything but the generated data in one file, for machines that hand back only a few files
+tar czf "$OUT.tgz" --exclude=./data -C "$OUT" . && echo "[gpu_checks] results packed in $OUT.tgz"
 echo "[gpu_checks] done in $(elapsed) s"

@@ -163,6 +163,9 @@ def test_eval_writes_valid_bop_csv(tmp_path):
                             config=FAST)
     s = report["summary"]
     assert s["frames"] == 2 and s["add_s_0.1d"] == 1.0
+    for rec in report["frames"]:  # the numbers behind each confidence, for calibration studies
+        d = rec["diagnostics"]
+        assert 0.9 <= d["depth_inlier_ratio"] <= 1.0 and 0.0 < d["silhouette_iou"] <= 1.0 and "ncc" in d
     csv_path = tmp_path / "out" / "report_bop.csv"
     lines = csv_path.read_text().splitlines()
     assert lines[0] == "scene_id,im_id,obj_id,score,R,t,time"
