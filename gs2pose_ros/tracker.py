@@ -70,10 +70,18 @@ FLIP_NCC_MARGIN = 0.2
 DETECT_MIN_SEEN = 0.2
 #: A detection of a model with a near-symmetry axis (``mesh.near_symmetry_axes``) is re-scored
 #: turned this far both ways about it; a turned score within ``AXIS_AMBIGUITY_TOL`` of the pose's
-#: own means nothing in view fixes that rotation (mug, handle and logo facing away: 0.984-0.991
-#: turned 20 deg against 0.991; handle in view: 0.001 one way, 0.93 the other, against 0.99).
+#: own means nothing in view fixes that rotation (mug, handle and logo facing away: turned 20 deg
+#: 0.000-0.007 below the pose's score on 13 frames of two sequences; handle in view: 0.030 below
+#: (seed-7 frame 55) to 0.99 below, one way or the other).
 AXIS_PROBE_DEG = 20.0
-AXIS_AMBIGUITY_TOL = 0.03
+AXIS_AMBIGUITY_TOL = 0.015
+#: A detection with depth whose render is clearly textured (colour spread ``render_std`` at least
+#: ``DETECT_TEXTURED_STD``) is confirmed only with an NCC of at least ``DETECT_MIN_NCC``: geometry
+#: fits a box turned 90 deg at its border at 0.79 (seed-9 printed_box, NCC 0.195), where every
+#: right pose of such a render measured so far correlates at 0.556 or more (587 confident frames
+#: of printed_box, toy and mug sequences, session 7).
+DETECT_TEXTURED_STD = 0.15
+DETECT_MIN_NCC = 0.35
 
 __all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "resolve_device", "load_object_model"]
 
@@ -351,10 +359,18 @@ class PoseTracker:
 
     def _confirmed(self, frame: Frame, r: RefineResult, stages: dict) -> bool:
         """Whether a detection may start a track (or be a valid single-frame estimate): it reaches
-        ``accept_threshold`` and is not ambiguous about a near-symmetry axis. Only detections are
+        ``accept_threshold``, a clearly textured render correlates with the image
+        (``DETECT_MIN_NCC``) and it is not ambiguous about a near-symmetry axis. Only detections are
         checked: a track carries the rotation it started with (checking every tracking step
         cost the mug 65 ms per frame and flagged right poses leaving the view)."""
-        return r.confidence >= self.config.accept_threshold and not self._ambiguous_about_axis(frame, r, stages)
+        if r.confidence < self.config.accept_threshold:
+            return False
+        d = r.diagnostics
+        if frame.depth is not None and d.get("render_std", 0.0) >= DETECT_TEXTURED_STD \
+                and d.get("ncc", 1.0) < DETECT_MIN_NCC:
+            d["texture_not_seen"] = float(d["ncc"])
+            return False
+        return not self._ambiguous_about_axis(frame, r, stages)
 
     def _ambiguous_about_axis(self, frame: Frame, result: RefineResult, stages: dict) -> bool:
         """Whether ``result``'s pose scores as well turned ``AXIS_PROBE_DEG`` either way about a

@@ -425,3 +425,25 @@ def test_a_mug_detected_with_handle_and_logo_facing_away_is_not_confirmed(tmp_pa
     monkeypatch.setattr(tracker_module, "near_symmetry_axes", lambda *a, **k: pytest.fail("axes searched again"))
     tr2 = PoseTracker(model, stored, coarse=_TruthCoarse(T), config={"try_flips": False}, device="cpu")
     assert tr2.estimate(frame).pose_valid == handle_in_view
+
+
+def test_a_textured_detection_whose_texture_does_not_correlate_is_not_confirmed():
+    """The seed-9 printed_box box entering the view, detected turned 90 deg: depth and silhouette
+    fit it at 0.79 (NCC 0.195); right poses of such a textured render correlated at 0.556 or more.
+    A plain render (no texture to see) and a frame without depth keep the confidence rule alone."""
+    from gs2pose_ros.frame import Frame
+    from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
+
+    meta = ObjectMetadata(name="box", obj_id=1, bbox_min=[-0.05, -0.04, -0.03], bbox_max=[0.05, 0.04, 0.03],
+                          diameter=0.14, near_symmetry_axes=[])
+    model = GaussianModel.from_points(torch.zeros(4, 3), torch.full((4, 3), 0.5))
+    tr = PoseTracker(model, meta, device="cpu")
+    K = np.array([[100.0, 0, 16], [0, 100, 12], [0, 0, 1]])
+    rgbd = Frame.validated(np.zeros((24, 32, 3), np.uint8), K, np.full((24, 32), 0.5, np.float32))
+    rgb = Frame.validated(np.zeros((24, 32, 3), np.uint8), K)
+    assert tr._confirmed(rgbd, _turn_result(0.99, 0.60, render_std=0.23), {})
+    wrong = _turn_result(0.786, 0.195, render_std=0.23)
+    assert not tr._confirmed(rgbd, wrong, {}) and wrong.diagnostics["texture_not_seen"] == pytest.approx(0.195)
+    assert tr._confirmed(rgbd, _turn_result(0.98, 0.2, render_std=0.1), {})  # the mug's plain side
+    assert tr._confirmed(rgb, _turn_result(0.786, 0.195, render_std=0.23), {})
+    assert not tr._confirmed(rgbd, _turn_result(0.5, 0.6, render_std=0.23), {})  # under accept_threshold
