@@ -78,8 +78,8 @@ AXIS_AMBIGUITY_TOL = 0.015
 #: A detection with depth whose render is clearly textured (colour spread ``render_std`` at least
 #: ``DETECT_TEXTURED_STD``) is confirmed only with an NCC of at least ``DETECT_MIN_NCC``: geometry
 #: fits a box turned 90 deg at its border at 0.79 (seed-9 printed_box, NCC 0.195), where every
-#: right pose of such a render measured so far correlates at 0.556 or more (587 confident frames
-#: of printed_box, toy and mug sequences, session 7).
+#: right pose of such a render measured so far correlates at 0.478 or more (802 confident frames
+#: of the four built-in objects' generated sequences, session 7; docs/tracking.md).
 DETECT_TEXTURED_STD = 0.15
 DETECT_MIN_NCC = 0.35
 
