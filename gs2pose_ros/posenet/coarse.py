@@ -716,9 +716,9 @@ class CoarsePoseEstimator:
         """Zeroes ``mask`` ([S, S] probabilities, in place) where the crop's depth lies on ``plane``.
 
         A network trained on renders composited over flat textures has never seen the object
-        standing on a floor: longer-trained printed_box networks painted half the wooden floor
-        in front of the box into the mask (`make demo`'s sequence), and those pixels' NOCS pulled
-        the pose 90-180 deg off. With depth, the supporting plane is never the object."""
+        standing on a floor: longer-trained printed_box networks painted a blob of the wooden
+        floor in front of the box, as large as the box, into the mask (`make demo`'s sequence), and those pixels' NOCS pulled
+        the pose 21-180 deg off. With depth, the supporting plane is never the object."""
         from gs2pose_ros.camera import PinholeCamera, crop_image, on_plane
 
         x0, y0, w, h = crop_box
