@@ -772,5 +772,6 @@ def test_a_face_seen_up_close_is_not_taken_for_the_supporting_plane():
     mask = np.zeros((S, S), np.float32)
     mask[4:-4, 4:-4] = 0.9
     kept = mask.copy()
-    est._drop_plane_pixels(frame, (0.0, 0.0, float(S), float(S)), kept, np.array([0.0, 0.0, 1.0, 0.3]))
+    est._drop_plane_pixels(frame, (0.0, 0.0, float(S), float(S)), frame.K, kept,
+                           np.array([0.0, 0.0, 1.0, 0.3]))
     assert np.array_equal(kept, mask)

@@ -649,7 +649,7 @@ class CoarsePoseEstimator:
             # from the first crop, whose outer ring is the object's surroundings (later crops are
             # tight: their ring can lie on the object)
             plane = fit_support_plane(frame.depth, frame.K, crop_box)
-        pred = self._predict_crop(frame, crop_box, crop, plane)
+        pred = self._predict_crop(frame, crop_box, crop, K_crop, plane)
         for _ in range(self.refine_passes):
             b = self._mask_box(pred["mask"])
             if b is None:
@@ -667,7 +667,7 @@ class CoarsePoseEstimator:
                 # zooming in more than ~2.5x in one pass means the mask caught a detail, not the object
                 break
             crop_box, crop, K_crop = self._crop(frame, fb)
-            pred = self._predict_crop(frame, crop_box, crop, plane)
+            pred = self._predict_crop(frame, crop_box, crop, K_crop, plane)
         stages["network"] = stages.get("network", 0.0) + time.perf_counter() - t1
         t2 = time.perf_counter()
         depth_crop = None
@@ -686,12 +686,13 @@ class CoarsePoseEstimator:
         result.mask = self._frame_mask(frame, crop_box, m)
         return result
 
-    def _predict_crop(self, frame, crop_box, crop, plane=None):
+    def _predict_crop(self, frame, crop_box, crop, K_crop, plane=None):
         """``predict`` with the mask zeroed on the crop's parts outside the frame (padding) and,
-        given the supporting ``plane`` (n, d), on the pixels whose depth lies on it."""
+        given the supporting ``plane`` (n, d), on the pixels whose depth lies on it (``K_crop``: the
+        crop's intrinsics, as ``_crop`` returns them)."""
         pred = self.predict(crop)
         if plane is not None:
-            self._drop_plane_pixels(frame, crop_box, pred["mask"], plane)
+            self._drop_plane_pixels(frame, crop_box, K_crop, pred["mask"], plane)
         pred["rgb"] = crop
         x0, y0, w, h = crop_box
         S = self.size
@@ -712,20 +713,21 @@ class CoarsePoseEstimator:
     #: (more on the plane means the "plane" is the object's own face, seen up close)
     MIN_KEPT_OFF_PLANE = 0.2
 
-    def _drop_plane_pixels(self, frame, crop_box, mask: np.ndarray, plane: np.ndarray) -> None:
+    def _drop_plane_pixels(self, frame, crop_box, K_crop: np.ndarray, mask: np.ndarray,
+                           plane: np.ndarray) -> None:
         """Zeroes ``mask`` ([S, S] probabilities, in place) where the crop's depth lies on ``plane``.
 
         A network trained on renders composited over flat textures has never seen the object
         standing on a floor: longer-trained printed_box networks painted a blob of the wooden
-        floor in front of the box, as large as the box, into the mask (`make demo`'s sequence), and those pixels' NOCS pulled
-        the pose 21-180 deg off. With depth, the supporting plane is never the object."""
-        from gs2pose_ros.camera import PinholeCamera, crop_image, on_plane
+        floor in front of the box, as large as the box, into the mask (`make demo`'s sequence),
+        and those pixels' NOCS pulled the pose 21-180 deg off. With depth, the supporting plane is
+        never the object."""
+        from gs2pose_ros.camera import crop_image, on_plane
 
         x0, y0, w, h = crop_box
         S = mask.shape[0]
         depth = crop_image(frame.depth, x0, y0, w, h, S, S, interpolation=cv2.INTER_NEAREST, border_value=0)
-        K = PinholeCamera.from_K(frame.K, frame.width, frame.height).crop(x0, y0, w, h, S, S).K
-        flat = on_plane(depth, K, plane, self.support_plane_tol)
+        flat = on_plane(depth, K_crop, plane, self.support_plane_tol)
         inside = mask > self.low_mask_threshold
         n = int(inside.sum())
         if n and (inside & ~flat).sum() >= self.MIN_KEPT_OFF_PLANE * n:
