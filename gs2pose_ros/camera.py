@@ -406,3 +406,47 @@ def on_plane(depth: np.ndarray, K: np.ndarray, plane: np.ndarray, tol: float) ->
     vv = (np.arange(H) + 0.5 - K[1, 2]) / K[1, 1]
     dist = (plane[0] * uu[None, :] + plane[1] * vv[:, None] + plane[2]) * depth - plane[3]
     return (np.abs(dist) < tol) & (depth > 0)
+
+
+def depth_connected_region(depth: np.ndarray, K: np.ndarray, seed: np.ndarray, exclude: "np.ndarray | None" = None,
+                           radius: "float | None" = None, min_step: float = 0.008,
+                           relative_step: float = 0.015, min_share: float = 0.1) -> np.ndarray:
+    """``[H, W]`` bool: the surface of ``depth`` (metres, 0 = missing; intrinsics ``K``) that the
+    ``[H, W]`` bool ``seed`` lies on: the 4-connected components of the pixels with depth, outside
+    ``exclude`` and within ``radius`` metres of the seed's median 3D point, cut at depth steps over
+    ``max(min_step, relative_step * z)`` between neighbours, that hold at least ``min_share`` of the
+    seed's pixels in that set.
+
+    The visible part of an object that a mask caught only a piece of: an occluder in front of it
+    and the background behind it are cut off by their depth steps, the table it stands on by
+    ``exclude`` (:func:`on_plane`). The components are OpenCV's; the depth steps are marked on both
+    of their sides, so the region loses a pixel along its outline."""
+    H, W = depth.shape
+    z = depth.astype(np.float64)
+    ok = z > 0
+    if exclude is not None:
+        ok &= ~exclude
+    if not (seed & ok).any():
+        return np.zeros((H, W), bool)
+    step = np.maximum(min_step, relative_step * z)
+    jump_x = np.abs(np.diff(z, axis=1)) > np.minimum(step[:, 1:], step[:, :-1])
+    jump_y = np.abs(np.diff(z, axis=0)) > np.minimum(step[1:], step[:-1])
+    ok[:, 1:] &= ~jump_x
+    ok[:, :-1] &= ~jump_x
+    ok[1:] &= ~jump_y
+    ok[:-1] &= ~jump_y
+    if radius is not None:
+        uu = (np.arange(W) + 0.5 - K[0, 2]) / K[0, 0]
+        vv = (np.arange(H) + 0.5 - K[1, 2]) / K[1, 1]
+        vs, us = np.nonzero(seed & ok)
+        if len(vs) == 0:
+            return np.zeros((H, W), bool)
+        zs = z[vs, us]
+        c = np.median(np.stack([uu[us] * zs, vv[vs] * zs, zs], 1), axis=0)
+        dist2 = (uu[None, :] * z - c[0]) ** 2 + (vv[:, None] * z - c[1]) ** 2 + (z - c[2]) ** 2
+        ok &= dist2 < radius * radius
+    n, labels = cv2.connectedComponents(ok.astype(np.uint8), connectivity=4)
+    counts = np.bincount(labels[seed & ok], minlength=n)
+    counts[0] = 0  # the background label
+    keep = counts >= max(1.0, min_share * counts.sum())
+    return keep[labels]

@@ -229,3 +229,38 @@ def test_crop_box_around():
         crop_box_around(np.array([[np.inf, 0.0], [1.0, 1.0]]), (640, 480))
     with pytest.raises(GeometryError, match=r"\[N, 2\]"):
         crop_box_around(np.zeros((0, 2)), (640, 480))
+
+
+def test_depth_connected_region_stops_at_depth_steps_and_the_plane():
+    """The surface a seed lies on: cut from an occluder in front of it and the background behind it
+    by their depth steps, from the table by ``exclude``, and from a second object across the table;
+    a slanted surface (steps of a few millimetres per pixel) stays one region."""
+    from gs2pose_ros.camera import depth_connected_region
+
+    H, W = 120, 160
+    K = np.array([[150.0, 0, W / 2], [0, 150.0, H / 2], [0, 0, 1]])
+    v, u = np.mgrid[0:H, 0:W]
+    depth = np.full((H, W), 1.2, np.float32)  # the wall behind
+    table = v >= 60
+    depth[table] = 0.9
+    obj = (v >= 30) & (v < 90) & (u >= 40) & (u < 90)
+    depth[obj] = 0.8 + 0.003 * (u[obj] - 40)  # slanted: 3 mm per pixel
+    other = (v >= 70) & (v < 90) & (u >= 120) & (u < 140)
+    depth[other] = 0.8
+    occluder = (u >= 60) & (u < 66) & (v < 70)  # the object stays connected below it
+    depth[occluder] = 0.5
+    depth[5, 5] = 0  # a missing reading
+    seed = np.zeros((H, W), bool)
+    seed[40:44, 45:49] = True
+    region = depth_connected_region(depth, K, seed, exclude=table & ~obj & ~other)
+    visible = obj & ~occluder
+    assert not (region & ~visible).any()
+    # everything visible of the object but a pixel along the depth steps, on both sides of the occluder
+    inner = cv2.erode(visible.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert region[inner].all()
+    # where the slanted surface meets the table at its depth, only ``exclude`` keeps the table out
+    assert (depth_connected_region(depth, K, seed) & table & ~obj).any()
+    # the radius (metres from the seed's median point) bounds it
+    near = depth_connected_region(depth, K, seed, exclude=table & ~obj & ~other, radius=0.05)
+    assert near.sum() < region.sum() and not (near & ~visible).any()
+    assert not depth_connected_region(depth, K, np.zeros((H, W), bool)).any()
