@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -23,6 +24,20 @@ class TrackingState(enum.IntEnum):
     INITIALIZING = 0  # no pose yet: searching the image for the object
     TRACKING = 1  # confident pose, refined from the previous frame
     LOST = 2  # confidence stayed low for several frames: re-detecting from scratch
+
+
+class NotValidReason(enum.IntEnum):
+    """Why an estimate's pose is not valid (NONE when it is); the values equal
+    ObjectPoseEstimate's REASON_* constants."""
+
+    NONE = 0  # the pose is valid
+    NOT_FOUND = 1  # no candidate pose: nothing in the image looked like the object
+    LOW_CONFIDENCE = 2  # the rendered model does not agree well enough with the frame
+    PARTLY_IN_VIEW = 3  # a detection of an object mostly outside the image or hidden (a sliver)
+    AMBIGUOUS_ROTATION = 4  # the pose scores as well turned about a near-symmetry axis of the object
+    TEXTURE_MISMATCH = 5  # the shape fits but the model's print does not correlate with the image
+    INPUT_REJECTED = 6  # (node) the frame could not be used: see the node's log
+    ESTIMATOR_ERROR = 7  # (node) the estimator raised on this frame: see the node's log
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,8 @@ class PoseEstimate:
         stages: seconds per stage (e.g. {"posenet": ..., "refine": ...}), for profiling.
         diagnostics: the final refinement's numbers behind the confidence (depth_inlier_ratio,
             silhouette_iou, ncc, in_image_fraction, ...; see ``RefineResult``), for evaluation.
+        reason: why the pose is not valid (:class:`NotValidReason`); None means NONE for a valid
+            pose and LOW_CONFIDENCE for another.
     """
 
     T_cam_obj: np.ndarray
@@ -123,3 +140,13 @@ class PoseEstimate:
     latency: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, float] = field(default_factory=dict)
+    reason: Optional[NotValidReason] = None
+
+    def __post_init__(self):
+        if self.pose_valid:
+            reason = NotValidReason.NONE
+        elif self.reason is None or self.reason == NotValidReason.NONE:
+            reason = NotValidReason.LOW_CONFIDENCE
+        else:
+            reason = NotValidReason(self.reason)
+        object.__setattr__(self, "reason", reason)  # (frozen)

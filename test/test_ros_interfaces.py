@@ -21,7 +21,14 @@ def test_object_pose_estimate_definition():
     msg = ObjectPoseEstimate()
     assert {ObjectPoseEstimate.STATE_INITIALIZING, ObjectPoseEstimate.STATE_TRACKING,
             ObjectPoseEstimate.STATE_LOST} == {0, 1, 2}
-    for field in ("header", "object_id", "pose", "pose_valid", "confidence", "state", "iterations",
+    from gs2pose_ros.frame import NotValidReason, TrackingState
+
+    for state in TrackingState:  # the core's codes are the message's
+        assert getattr(ObjectPoseEstimate, f"STATE_{state.name}") == state.value
+    for reason in NotValidReason:
+        assert getattr(ObjectPoseEstimate, f"REASON_{reason.name}") == reason.value
+    assert len([c for c in dir(ObjectPoseEstimate) if c.startswith("REASON_")]) == len(NotValidReason)
+    for field in ("header", "object_id", "pose", "pose_valid", "confidence", "state", "reason", "iterations",
                   "processing_latency"):
         assert hasattr(msg, field), field
     types = ObjectPoseEstimate.get_fields_and_field_types()

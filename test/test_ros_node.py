@@ -250,6 +250,7 @@ def test_outputs_carry_the_image_stamp_and_frame_and_tf_only_while_confident(liv
     node, tracker, cam, out, spin, _, _ = live_node
     header, est = _send_and_wait(cam, out, spin, depth_m=0.8)
     assert est.pose_valid and est.state == est.STATE_TRACKING and est.object_id == "printed_box"
+    assert est.reason == est.REASON_NONE
     assert est.header.frame_id == "camera_color_optical_frame"
     assert abs(est.pose.position.z - 0.8) < 1e-3 and abs(est.confidence - 0.9) < 1e-6 and est.iterations == 7
     assert 0 <= est.processing_latency < 5
@@ -263,7 +264,7 @@ def test_outputs_carry_the_image_stamp_and_frame_and_tf_only_while_confident(liv
     # not found (black image): an estimate, but no pose and no TF
     n_pose, n_tf = len(out["pose"]), len(out["tf"])
     _, est = _send_and_wait(cam, out, spin, rgb_value=0)
-    assert not est.pose_valid and est.state == est.STATE_LOST
+    assert not est.pose_valid and est.state == est.STATE_LOST and est.reason == est.REASON_LOW_CONFIDENCE
     spin(lambda: False, 0.3)
     assert len(out["pose"]) == n_pose and len(out["tf"]) == n_tf
     # the input reached the estimator as the core expects it
@@ -285,6 +286,7 @@ def test_bad_inputs_leave_the_node_alive(live_node):
         n_frames = len(tracker.frames)
         _, est = _send_and_wait(cam, out, spin, **kw)
         assert not est.pose_valid and len(tracker.frames) == n_frames, kw
+        assert est.reason == est.REASON_INPUT_REJECTED, kw
         _, est = _send_and_wait(cam, out, spin, depth_m=0.6)  # the next good frame is processed
         assert est.pose_valid, f"no recovery after {kw}"
     # missing camera_info: nothing to process, diagnostics say why; then recovery
@@ -306,7 +308,7 @@ def test_bad_inputs_leave_the_node_alive(live_node):
 
     tracker.track = fail
     _, est = _send_and_wait(cam, out, spin)
-    assert not est.pose_valid
+    assert not est.pose_valid and est.reason == est.REASON_ESTIMATOR_ERROR
     del tracker.track
     _, est = _send_and_wait(cam, out, spin)
     assert est.pose_valid
@@ -343,7 +345,7 @@ def test_reset_service_debug_image_marker_and_diagnostics(live_node):
     for key in ("rate_hz", "latency_median_ms", "sets_dropped_busy", "state", "frames_processed"):
         assert key in values
     assert out["diag"][-1].status[0].name == "gs2pose_node: pose tracking"
-    assert values["state"] == "TRACKING"
+    assert values["state"] == "TRACKING" and values["not_valid_reason"] == "NONE"
 
 
 def test_tracker_config_parameter_reaches_the_tracker(tmp_path):

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from gs2pose_ros.errors import ConfigError, Gs2PoseError, InputError
-from gs2pose_ros.frame import Frame, TrackingState
+from gs2pose_ros.frame import Frame, NotValidReason, TrackingState
 from gs2pose_ros.ros import convert, params
 from gs2pose_ros.ros.sync import LatestSlot, StampSync
 
@@ -122,6 +122,7 @@ class PoseNode(Node):
         self._state = TrackingState.INITIALIZING
         self._confidence = 0.0
         self._pose_valid = False
+        self._reason = NotValidReason.NOT_FOUND
         self._marker_shown = False
         self._processed = 0
         self._times = collections.deque(maxlen=300)  # (monotonic end, latency s)
@@ -224,7 +225,7 @@ class PoseNode(Node):
         except Gs2PoseError as e:
             self._note_problem("input", str(e))
             self.get_logger().warning(f"frame skipped: {e}", throttle_duration_sec=self._throttle)
-            return self._publish_no_estimate(header, synced.arrival)
+            return self._publish_no_estimate(header, synced.arrival, NotValidReason.INPUT_REJECTED)
         if self._reset_requested.is_set():
             self._reset_requested.clear()
             self.tracker.reset()
@@ -236,13 +237,14 @@ class PoseNode(Node):
         except Gs2PoseError as e:
             self._note_problem("estimator", str(e))
             self.get_logger().warning(f"estimation failed on this frame: {e}", throttle_duration_sec=self._throttle)
-            return self._publish_no_estimate(header, synced.arrival)
+            return self._publish_no_estimate(header, synced.arrival, NotValidReason.ESTIMATOR_ERROR)
         if not estimate.pose_valid:
+            why = NotValidReason(estimate.reason).name.lower()
             self._note_problem("not_found", f"{self.object_name} not found with confidence "
-                               f"({estimate.confidence:.2f}, state {TrackingState(estimate.state).name})")
+                               f"({estimate.confidence:.2f}, state {TrackingState(estimate.state).name}, {why})")
             self.get_logger().warning(
                 f"{self.object_name!r} not found confidently in this frame (confidence {estimate.confidence:.2f}, "
-                f"state {TrackingState(estimate.state).name})", throttle_duration_sec=self._throttle)
+                f"state {TrackingState(estimate.state).name}, reason {why})", throttle_duration_sec=self._throttle)
         return self.publish_outputs(header, frame, estimate, synced.arrival)
 
     # ---- outputs ---------------------------------------------------------------------------------
@@ -258,6 +260,7 @@ class PoseNode(Node):
         msg.pose_valid = bool(estimate.pose_valid)
         msg.confidence = float(np.clip(estimate.confidence, 0.0, 1.0))
         msg.state = int(estimate.state)
+        msg.reason = int(estimate.reason)
         msg.iterations = int(np.clip(estimate.iterations, 0, 65535))
         msg.processing_latency = float(time.monotonic() - arrival)
         return msg
@@ -277,21 +280,22 @@ class PoseNode(Node):
             self._pub_debug.publish(convert.rgb_to_image(np.asarray(overlay, dtype=np.uint8), header))
         est_msg.processing_latency = float(time.monotonic() - arrival)
         self._pub_estimate.publish(est_msg)
-        self._record(estimate.state, est_msg.confidence, confident, est_msg.processing_latency)
+        self._record(estimate.state, est_msg.confidence, confident, est_msg.processing_latency, est_msg.reason)
         return est_msg
 
-    def _publish_no_estimate(self, header, arrival: float) -> ObjectPoseEstimate:
+    def _publish_no_estimate(self, header, arrival: float, reason: NotValidReason) -> ObjectPoseEstimate:
         msg = ObjectPoseEstimate()
         msg.header = header
         msg.object_id = self.object_name
         msg.pose.orientation.w = 1.0
         msg.pose_valid = False
+        msg.reason = int(reason)
         msg.confidence = 0.0
         msg.state = int(self._state)
         msg.processing_latency = float(time.monotonic() - arrival)
         self._publish_marker(header, False)
         self._pub_estimate.publish(msg)
-        self._record(self._state, 0.0, False, msg.processing_latency)
+        self._record(self._state, 0.0, False, msg.processing_latency, msg.reason)
         return msg
 
     def _publish_marker(self, header, confident: bool) -> None:
@@ -324,11 +328,12 @@ class PoseNode(Node):
         with self._lock:
             self._problem = (time.monotonic(), kind, message)
 
-    def _record(self, state, confidence: float, valid: bool, latency: float) -> None:
+    def _record(self, state, confidence: float, valid: bool, latency: float, reason: int) -> None:
         with self._lock:
             self._state = TrackingState(int(state))
             self._confidence = float(confidence)
             self._pose_valid = bool(valid)
+            self._reason = NotValidReason(int(reason))
             self._processed += 1
             self._times.append((time.monotonic(), float(latency)))
 
@@ -338,8 +343,8 @@ class PoseNode(Node):
         window = 5.0
         with self._lock:
             recent = [(t, lat) for t, lat in self._times if now - t <= window]
-            state, conf, valid, processed, problem = (self._state, self._confidence, self._pose_valid,
-                                                      self._processed, self._problem)
+            state, conf, valid, reason, processed, problem = (self._state, self._confidence, self._pose_valid,
+                                                              self._reason, self._processed, self._problem)
         span = min(window, now - self._start_time)
         rate = len(recent) / span if span > 0 else 0.0
         lats = sorted(lat for _, lat in recent)
@@ -360,6 +365,7 @@ class PoseNode(Node):
         values = {
             "state": state.name,
             "pose_valid": str(valid),
+            "not_valid_reason": reason.name,
             "confidence": f"{conf:.3f}",
             "rate_hz": f"{rate:.2f}",
             "latency_median_ms": f"{1e3 * lats[len(lats) // 2]:.1f}" if lats else "n/a",
