@@ -40,7 +40,7 @@ import torch
 
 from gs2pose_ros.camera import project
 from gs2pose_ros.errors import ConfigError, InputError, ModelFileError
-from gs2pose_ros.frame import Frame, PoseEstimate, TrackingState
+from gs2pose_ros.frame import Frame, NotValidReason, PoseEstimate, TrackingState
 from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
 from gs2pose_ros.mesh import near_symmetry_axes
 from gs2pose_ros.refiner import (AppearanceState, GSRefiner, RefinerConfig, RefineResult, check_config_keys,
@@ -68,6 +68,14 @@ FLIP_NCC_MARGIN = 0.2
 #: geometry cannot tell the pose from its half-turns (printed_box 14-15 % in view: 180 deg off at
 #: 0.99 with the right half-turn at 0.97). A track keeps following such a sliver.
 DETECT_MIN_SEEN = 0.2
+#: ... unless, with depth, its clearly textured render (``DETECT_TEXTURED_STD``) correlates at
+#: least this well and ``SLIVER_NCC_MARGIN`` better than each of its refined half-turns that is
+#: another pose (the object's symmetries aside): the print then tells them apart (right slivers:
+#: printed_box 0.58, 0.12 above its best half-turn; the can 0.95, 0.40 above its upside-down turns;
+#: wrong poses of slivers measured: 0.195, 0.308, session 5's 0.40, and a half-turn at 0.46;
+#: docs/tracking.md, session 8).
+SLIVER_MIN_NCC = 0.55
+SLIVER_NCC_MARGIN = 0.1
 #: A detection of a model with a near-symmetry axis (``mesh.near_symmetry_axes``) is re-scored
 #: turned this far both ways about it; a turned score within ``AXIS_AMBIGUITY_TOL`` of the pose's
 #: own means nothing in view fixes that rotation (mug, handle and logo facing away: turned 20 deg
@@ -83,7 +91,7 @@ AXIS_AMBIGUITY_TOL = 0.015
 DETECT_TEXTURED_STD = 0.15
 DETECT_MIN_NCC = 0.35
 
-__all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "resolve_device", "load_object_model"]
+__all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "rival_ncc", "resolve_device", "load_object_model"]
 
 
 @dataclass
@@ -199,6 +207,18 @@ def choose_half_turn(detection: RefineResult, turns: list) -> RefineResult:
     return max(tied, key=lambda c: (ncc(c), c.confidence))
 
 
+def rival_ncc(chosen: RefineResult, candidates: list, metadata: ObjectMetadata) -> float:
+    """The best NCC among ``candidates`` (refined poses) other than ``chosen`` that are another
+    pose: more than 15 deg from it up to the object's symmetries (a can turned about its axis is
+    the same can). 0 when there is none. The sliver rule of :meth:`PoseTracker._detect` reads it."""
+    from gs2pose_ros.posenet.evaluate import symmetric_rotation_error_deg  # (as _load_coarse: optional)
+
+    R = chosen.T_cam_obj[:3, :3]
+    return max((c.diagnostics.get("ncc", 0.0) for c in candidates if c is not chosen and
+                symmetric_rotation_error_deg(c.T_cam_obj[:3, :3], R, metadata.symmetries_continuous,
+                                             metadata.symmetries_discrete) > 15.0), default=0.0)
+
+
 class PoseTracker:
     """Estimates and tracks one object's ``T_cam_obj`` (see the module docstring).
 
@@ -267,37 +287,61 @@ class PoseTracker:
         t0 = time.perf_counter()
         c = self.coarse.estimate(frame)
         stages["posenet"] = stages.get("posenet", 0.0) + time.perf_counter() - t0
-        if c is None or getattr(c, "T_cam_obj", None) is None:
+        if c is None:
             return None, 0
-        T_c = np.asarray(c.T_cam_obj, dtype=np.float64)
-        if not np.all(np.isfinite(T_c)):
-            return None, 0
-        r = self._refine_candidate(frame, T_c, getattr(c, "mask", None), stages)
-        r.diagnostics["coarse_confidence"] = float(getattr(c, "confidence", float("nan")))
-        iterations = r.iterations
-        # a half-turn's confidence may be gated down by its texture alone (NCC), so the depth fit
-        # also qualifies a detection for the check (printed_box frame 7: 169 deg, 0.03, inliers 0.81)
-        plausible = r.confidence >= 0.5 * self.config.valid_threshold or \
-            r.diagnostics.get("depth_inlier_ratio", 0.0) >= FLIP_MIN_INLIERS
-        if plausible and self.config.try_flips:
-            r = self._best_flip(frame, r, stages)
-            iterations = r.iterations
-        for alt in getattr(c, "alternatives", [])[:1]:
-            # the coarse confidence of a right pose of an object cut by the image border can be
-            # ~0 (toy re-entering: 0.004 at 2 deg / 1 mm): the refined confidence decides
-            if r.confidence >= self.config.accept_threshold or alt.T_cam_obj is None:
+        # the coarse stage's best candidate, then its first alternative (another component of the
+        # full-frame pass) while none is confident: the coarse confidence of a right pose of an
+        # object cut by the image border can be ~0 (toy re-entering: 0.004 at 2 deg / 1 mm), and
+        # the best may have no pose at all (printed_box seed 7 re-entering), so the refined
+        # confidence decides
+        r: Optional[RefineResult] = None
+        iterations = 0
+        for cand in [c] + list(getattr(c, "alternatives", None) or [])[:1]:
+            T_c = getattr(cand, "T_cam_obj", None)
+            if T_c is None or not np.all(np.isfinite(T_c)):
+                continue
+            if r is not None and r.confidence >= self.config.accept_threshold:
                 break
-            r2 = self._refine_candidate(frame, np.asarray(alt.T_cam_obj, dtype=np.float64), alt.mask, stages)
-            r2.diagnostics["coarse_confidence"] = float(alt.confidence)
+            r2 = self._refine_candidate(frame, np.asarray(T_c, dtype=np.float64), getattr(cand, "mask", None), stages)
+            r2.diagnostics["coarse_confidence"] = float(getattr(cand, "confidence", float("nan")))
+            # each candidate's half-turns (printed_box seed 9 re-entering: the best candidate a
+            # distractor, the alternative 179 deg turned at 0.47, its right half-turn 0.99); an
+            # alternative's only when it scores by itself, not on its depth fit alone: one fitted
+            # to a wall 2.5 m behind an out-of-view mug (0.004, depth inliers 0.67) had a
+            # half-turn at 0.77
+            worth = self._plausible(r2) if cand is c else r2.confidence >= 0.5 * self.config.valid_threshold
+            if worth and self.config.try_flips:
+                r2 = self._best_flip(frame, r2, stages)
             iterations += r2.iterations
-            if r2.confidence > r.confidence:
+            if r is None or r2.confidence > r.confidence:
                 r = r2
+        if r is None:
+            return None, 0
         d = r.diagnostics
         seen = d.get("in_image_fraction", 1.0) * d.get("visible_fraction", 1.0)
         if seen < DETECT_MIN_SEEN and r.confidence > 0.5 * self.config.valid_threshold:
-            d["confidence_before_sliver_rule"] = float(r.confidence)
-            r.confidence = 0.5 * self.config.valid_threshold
+            if self._texture_tells_half_turns(frame, d):
+                d["sliver_told_by_texture"] = float(d["ncc"])
+            else:
+                d["confidence_before_sliver_rule"] = float(r.confidence)
+                r.confidence = 0.5 * self.config.valid_threshold
         return r, iterations
+
+    def _plausible(self, r: RefineResult) -> bool:
+        """Whether a refined detection is worth its half-turn check (:meth:`_best_flip`): it scores
+        half the valid threshold, or it fits the depth (a half-turn's confidence may be gated down
+        by its texture alone: printed_box frame 7, 169 deg, 0.03, inliers 0.81)."""
+        return r.confidence >= 0.5 * self.config.valid_threshold or \
+            r.diagnostics.get("depth_inlier_ratio", 0.0) >= FLIP_MIN_INLIERS
+
+    @staticmethod
+    def _texture_tells_half_turns(frame: Frame, d: dict) -> bool:
+        """Whether a detection's diagnostics ``d`` show a textured render that correlates with the
+        image (``SLIVER_MIN_NCC``) clearly better than its refined half-turns did (``half_turn_ncc``,
+        from :meth:`_best_flip`); with depth only, as ``DETECT_MIN_NCC``."""
+        return frame.depth is not None and "half_turn_ncc" in d and \
+            d.get("render_std", 0.0) >= DETECT_TEXTURED_STD and d.get("ncc", 0.0) >= SLIVER_MIN_NCC and \
+            d["ncc"] >= d["half_turn_ncc"] + SLIVER_NCC_MARGIN
 
     def _refine_candidate(self, frame: Frame, T_c: np.ndarray, mask: Optional[np.ndarray],
                           stages: dict) -> RefineResult:
@@ -355,7 +399,9 @@ class PoseTracker:
             rf._appearance = app  # type: ignore[attr-defined]
             rf.diagnostics["flipped_about"] = axis.tolist()
             turns.append(rf)
-        return choose_half_turn(r, turns)
+        chosen = choose_half_turn(r, turns)
+        chosen.diagnostics["half_turn_ncc"] = rival_ncc(chosen, [r] + turns, self.metadata)
+        return chosen
 
     def _confirmed(self, frame: Frame, r: RefineResult, stages: dict) -> bool:
         """Whether a detection may start a track (or be a valid single-frame estimate): it reaches
@@ -561,11 +607,12 @@ class PoseTracker:
         self.last_result = result
         latency = time.perf_counter() - t_start
         if result is None:
-            return PoseEstimate(np.eye(4), 0.0, self.state, False, iters, latency, stages)
+            return PoseEstimate(np.eye(4), 0.0, self.state, False, iters, latency, stages,
+                                reason=NotValidReason.NOT_FOUND)
         valid = self.state == TrackingState.TRACKING and self._low == 0 and \
             result.confidence >= cfg.valid_threshold
         return PoseEstimate(result.T_cam_obj.copy(), float(result.confidence), self.state, bool(valid),
-                            iters, latency, stages, _numbers(result.diagnostics))
+                            iters, latency, stages, _numbers(result.diagnostics), _reason(result))
 
     def estimate(self, frame: Frame) -> PoseEstimate:
         """Single-frame estimate (coarse + full refinement), independent of the track state.
@@ -579,13 +626,13 @@ class PoseTracker:
         r, iters = self._detect(frame, stages)
         if r is None:
             return PoseEstimate(np.eye(4), 0.0, TrackingState.INITIALIZING, False, iters,
-                                time.perf_counter() - t_start, stages)
+                                time.perf_counter() - t_start, stages, reason=NotValidReason.NOT_FOUND)
         # a single frame is a detection: it must reach what a detection needs to start a track
         valid = self._confirmed(frame, r, stages)
         latency = time.perf_counter() - t_start
         return PoseEstimate(r.T_cam_obj.copy(), float(r.confidence),
                             TrackingState.TRACKING if valid else TrackingState.INITIALIZING, bool(valid),
-                            iters, latency, stages, _numbers(r.diagnostics))
+                            iters, latency, stages, _numbers(r.diagnostics), _reason(r))
 
     def render_overlay(self, frame: Frame, estimate: PoseEstimate, max_side: int = 256) -> np.ndarray:
         """The frame with the model rendered at ``estimate`` (tinted green when valid, red when not)
@@ -627,6 +674,20 @@ class PoseTracker:
         label = f"{self.object_name} {estimate.state.name} conf {estimate.confidence:.2f}"
         cv2.putText(img, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, tuple(int(v) for v in colour), 1, cv2.LINE_AA)
         return img
+
+
+def _reason(result: RefineResult) -> NotValidReason:
+    """Why ``result`` would not be valid, from the marks the detection rules leave in its
+    diagnostics (:meth:`PoseTracker._confirmed`, the sliver rule of ``_detect``); LOW_CONFIDENCE
+    otherwise. :class:`PoseEstimate` makes it NONE for a valid pose."""
+    d = result.diagnostics
+    if "texture_not_seen" in d:
+        return NotValidReason.TEXTURE_MISMATCH
+    if "ambiguous_about_axis" in d:
+        return NotValidReason.AMBIGUOUS_ROTATION
+    if "confidence_before_sliver_rule" in d:
+        return NotValidReason.PARTLY_IN_VIEW
+    return NotValidReason.LOW_CONFIDENCE
 
 
 def _numbers(diagnostics: dict) -> dict:

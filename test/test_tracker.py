@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from gs2pose_ros.frame import PoseEstimate, TrackingState
+from gs2pose_ros.frame import NotValidReason, PoseEstimate, TrackingState
 from gs2pose_ros.gaussians import write_gaussian_ply
-from gs2pose_ros.tracker import PoseTracker, TrackerConfig
+from gs2pose_ros.tracker import PoseTracker, TrackerConfig, _reason
 
 from tracking_data import OracleCoarse, make_sequence
 
@@ -42,9 +42,11 @@ def test_tracker_lost_while_out_of_view_and_recovers(seq_leave):
         if seq_leave.visible[i]:
             continue
         assert not est.pose_valid, f"confident pose at out-of-view frame {i}"
+        assert est.reason in (NotValidReason.NOT_FOUND, NotValidReason.LOW_CONFIDENCE), (i, est.reason)
     # before leaving: tracked within 0.1 d
     for i in range(3):
         assert out[i].state == TrackingState.TRACKING and out[i].pose_valid
+        assert out[i].reason == NotValidReason.NONE
         assert _err(seq_leave, i, out[i]).correct
     assert out[5].state == TrackingState.LOST  # 3 low frames -> LOST
     # back in view at frame 6: tracking again within 5 frames, and correct from then on
@@ -320,6 +322,38 @@ class _HalfTurnCoarse(_TinyMaskCoarse):
         return c
 
 
+class _SecondCandidateCoarse:
+    """A full-frame pass whose best candidate has no pose (``T_cam_obj`` None: printed_box seed 7
+    re-entering) or a distractor's, and ``second`` (another stand-in) among the alternatives."""
+
+    def __init__(self, second, first_pose: bool):
+        self.second, self.first_pose = second, first_pose
+
+    def estimate(self, frame, roi=None):
+        from tracking_data import CoarseResult
+
+        alt = self.second.estimate(frame, roi)
+        T = None
+        if self.first_pose:
+            T = alt.T_cam_obj.copy()
+            T[0, 3] += 0.25 if T[0, 3] < 0 else -0.25
+        first = CoarseResult(T, 0.0, None)
+        first.alternatives = [alt]
+        return first
+
+
+@pytest.mark.parametrize("first_pose", [False, True])
+def test_the_second_candidate_is_refined_and_turned_back_like_the_first(seq_leave, first_pose):
+    """The alternative is a detection too: tried when the best candidate has no pose, and checked
+    against its half-turns (printed_box seed 9 re-entering: the alternative 179 deg turned at 0.47,
+    its right half-turn 0.99)."""
+    coarse = _SecondCandidateCoarse(_HalfTurnCoarse(seq_leave), first_pose)
+    est = PoseTracker(seq_leave.model, seq_leave.meta, coarse=coarse, config=FAST, device="cpu").estimate(
+        seq_leave.frames[0])
+    err = _err(seq_leave, 0, est)
+    assert est.pose_valid and err.correct and err.re < 3.0, (est.confidence, err)
+
+
 def test_a_detection_on_the_box_symmetry_is_turned_back(seq_leave):
     # without the half-turn check this flipped pose refines to a valid 0.81 at 180 deg
     tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=_HalfTurnCoarse(seq_leave), config=FAST, device="cpu")
@@ -352,6 +386,7 @@ def test_a_detection_from_a_sliver_at_the_border_is_not_confirmed():
     coarse = _HalfTurnCoarse(seq, axis=(0.0, 1.0, 0.0), shift=(0.0, 0.0, 0.03))
     est = PoseTracker(seq.model, seq.meta, coarse=coarse, config=FAST, device="cpu").estimate(seq.frames[0])
     assert not est.pose_valid and est.confidence <= 0.25, est.confidence
+    assert est.reason == NotValidReason.PARTLY_IN_VIEW
 
 
 def _turn_result(confidence, ncc, render_std=0.2):
@@ -414,6 +449,7 @@ def test_a_mug_detected_with_handle_and_logo_facing_away_is_not_confirmed(tmp_pa
     est = tr.estimate(frame)
     assert est.confidence > 0.9 and np.abs(est.T_cam_obj[:3, 3] - gt.t).max() < 0.01  # right, and fits
     assert est.pose_valid == handle_in_view
+    assert est.reason == (NotValidReason.NONE if handle_in_view else NotValidReason.AMBIGUOUS_ROTATION)
     assert (tr.track(frame).state == TrackingState.TRACKING) == handle_in_view
     # the axes stored in the model's metadata (build-model writes them) are used as they are
     import dataclasses
@@ -444,6 +480,82 @@ def test_a_textured_detection_whose_texture_does_not_correlate_is_not_confirmed(
     assert tr._confirmed(rgbd, _turn_result(0.99, 0.60, render_std=0.23), {})
     wrong = _turn_result(0.786, 0.195, render_std=0.23)
     assert not tr._confirmed(rgbd, wrong, {}) and wrong.diagnostics["texture_not_seen"] == pytest.approx(0.195)
+    assert _reason(wrong) == NotValidReason.TEXTURE_MISMATCH
     assert tr._confirmed(rgbd, _turn_result(0.98, 0.2, render_std=0.1), {})  # the mug's plain side
     assert tr._confirmed(rgb, _turn_result(0.786, 0.195, render_std=0.23), {})
     assert not tr._confirmed(rgbd, _turn_result(0.5, 0.6, render_std=0.23), {})  # under accept_threshold
+
+
+def test_an_estimate_says_why_its_pose_is_not_valid():
+    """``PoseEstimate.reason``: NONE exactly when the pose is valid; an invalid one without a
+    reason is a low confidence (the ROS message carries the same codes)."""
+    T = np.eye(4)
+    assert PoseEstimate(T, 0.9, TrackingState.TRACKING, True, reason=NotValidReason.LOW_CONFIDENCE).reason == \
+        NotValidReason.NONE
+    assert PoseEstimate(T, 0.1, TrackingState.LOST, False).reason == NotValidReason.LOW_CONFIDENCE
+    assert PoseEstimate(T, 0.0, TrackingState.LOST, False, reason=1).reason == NotValidReason.NOT_FOUND
+    low = _turn_result(0.3, 0.5)
+    assert _reason(low) == NotValidReason.LOW_CONFIDENCE
+    low.diagnostics["confidence_before_sliver_rule"] = 0.99
+    assert _reason(low) == NotValidReason.PARTLY_IN_VIEW
+
+
+def test_a_sliver_whose_print_tells_it_from_its_half_turns_is_confirmed():
+    """The sliver rule yields only to texture: with depth, a clearly textured render correlating at
+    SLIVER_MIN_NCC and SLIVER_NCC_MARGIN above every refined half-turn that is another pose (the
+    printed_box re-entering: 0.58 against 0.46). Wrong poses of slivers measured: 0.195-0.46."""
+    from gs2pose_ros.frame import Frame
+
+    K = np.array([[100.0, 0, 16], [0, 100, 12], [0, 0, 1]])
+    rgbd = Frame.validated(np.zeros((24, 32, 3), np.uint8), K, np.full((24, 32), 0.5, np.float32))
+    rgb = Frame.validated(np.zeros((24, 32, 3), np.uint8), K)
+    tells = PoseTracker._texture_tells_half_turns
+    right = {"ncc": 0.581, "render_std": 0.154, "half_turn_ncc": 0.461}
+    assert tells(rgbd, right) and not tells(rgb, right)
+    assert not tells(rgbd, {**right, "half_turn_ncc": 0.5})  # a turn nearly as good: a coin toss
+    assert not tells(rgbd, {**right, "ncc": 0.308})  # the wrong seed-9 sliver
+    assert not tells(rgbd, {**right, "ncc": 0.52, "half_turn_ncc": 0.2})  # under SLIVER_MIN_NCC
+    assert not tells(rgbd, {**right, "render_std": 0.141})  # too plain a view to judge by its print
+    assert not tells(rgbd, {"ncc": 0.9, "render_std": 0.3})  # no half-turns were tried
+
+
+def test_the_rival_of_a_sliver_is_another_pose_not_a_symmetric_copy():
+    """A can's half-turn about its axis is the can itself: not a rival for the sliver rule; a
+    box's half-turn is (its NCC is the one to beat)."""
+    import cv2
+
+    from gs2pose_ros.gaussians import ObjectMetadata
+    from gs2pose_ros.refiner import RefineResult
+    from gs2pose_ros.tracker import rival_ncc
+
+    def result(R, ncc):
+        T = np.eye(4)
+        T[:3, :3] = R
+        return RefineResult(T, 0.99, 12, 0.0, diagnostics={"ncc": ncc})
+
+    box = dict(name="o", obj_id=1, bbox_min=[-0.03, -0.03, -0.05], bbox_max=[0.03, 0.03, 0.05], diameter=0.12)
+    can = ObjectMetadata(**box, symmetric=True, symmetries_continuous=[{"axis": [0, 0, 1], "offset": [0, 0, 0]}])
+    plain = ObjectMetadata(**box)
+    chosen = result(np.eye(3), 0.95)
+    about_axis = result(cv2.Rodrigues(np.array([0.0, 0.0, np.pi]))[0], 0.93)
+    upside_down = result(cv2.Rodrigues(np.array([np.pi, 0.0, 0.0]))[0], 0.40)
+    cands = [chosen, about_axis, upside_down]
+    assert rival_ncc(chosen, cands, can) == pytest.approx(0.40)
+    assert rival_ncc(chosen, cands, plain) == pytest.approx(0.93)
+    assert rival_ncc(chosen, [chosen], plain) == 0.0
+
+
+def test_an_alternative_that_fits_only_the_depth_is_not_turned_about(seq_leave, monkeypatch):
+    """The best candidate's half-turns are tried on its depth fit alone, an alternative's only
+    when it scores by itself: an alternative fitted to a wall 2.5 m behind an out-of-view mug
+    (0.004, depth inliers 0.67) had a half-turn at 0.77, a confident pose out of view."""
+    from gs2pose_ros.refiner import RefineResult
+
+    coarse = _SecondCandidateCoarse(_TinyMaskCoarse(seq_leave), first_pose=True)
+    tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=coarse, config=FAST, device="cpu")
+    turned = []
+    monkeypatch.setattr(tr, "_refine_candidate", lambda frame, T, mask, stages: RefineResult(
+        T, 0.004, 40, 0.0, diagnostics={"depth_inlier_ratio": 0.67}))
+    monkeypatch.setattr(tr, "_best_flip", lambda frame, r, stages: turned.append(r) or r)
+    est = tr.estimate(seq_leave.frames[0])
+    assert len(turned) == 1 and not est.pose_valid  # the best candidate's only
