@@ -164,7 +164,7 @@ def evaluate_sequence(tracker, frames, gts, visible, evaluator, mode: str, coars
             coarse_stub.set_gt(T_gt, vis)
         est = tracker.track(frame) if mode == "track" else tracker.estimate(frame)
         rec = {"i": i, "visible": bool(vis), "state": est.state.name, "pose_valid": bool(est.pose_valid),
-               "confidence": float(est.confidence), "latency": float(est.latency),
+               "reason": est.reason.name, "confidence": float(est.confidence), "latency": float(est.latency),
                "iterations": int(est.iterations), "stages": {k: float(v) for k, v in est.stages.items()},
                "tracking_step": bool(mode == "track" and prev_state == TrackingState.TRACKING
                                      and "posenet" not in est.stages),
@@ -210,6 +210,9 @@ def summarise(recs: list[dict], diameter: float) -> dict:
     steps = [r["latency"] for r in recs if r.get("tracking_step")]
     if steps:
         s["tracking_step_latency_s"] = _percentiles(steps)
+    # why the visible frames had no valid pose (PoseEstimate.reason)
+    reasons = [r["reason"] for r in vis if not r["pose_valid"] and "reason" in r]
+    s["not_valid_reasons_visible"] = {k: reasons.count(k) for k in sorted(set(reasons))}
     states = [r["state"] for r in recs]
     s["state_counts"] = {k: states.count(k) for k in sorted(set(states))}
     lost_events = sum(1 for a, b in zip(states, states[1:]) if a != "LOST" and b == "LOST")
@@ -284,6 +287,8 @@ def _markdown(report: dict) -> str:
     lines.append(f"- states: {s['state_counts']}; lost {s['lost_events']}x, recovered {s['recovered_events']}x; "
                  f"frames to recover after re-entering the view: {s['frames_to_recover_after_reentry']}")
     lines.append(f"- confident poses while out of view: {s['confident_out_of_view_frames']}")
+    if s.get("not_valid_reasons_visible"):
+        lines.append(f"- in view without a valid pose, by reason: {s['not_valid_reasons_visible']}")
     if "confident_wrong_visible_frames" in s:
         auc, prec = s["confidence_auc_visible"], s["valid_pose_precision"]
         lines.append(f"- confident and wrong in view: {s['confident_wrong_visible_frames']} frames "

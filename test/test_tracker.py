@@ -188,15 +188,17 @@ def test_summary_counts_confident_wrong_poses():
     share of valid poses that are right, and how well the confidence ranks right above wrong."""
     from gs2pose_ros.evaluate import summarise
 
-    def rec(conf, valid, right, visible=True):
+    def rec(conf, valid, right, visible=True, reason="LOW_CONFIDENCE"):
         return {"visible": visible, "pose_valid": valid, "confidence": conf, "correct_any": right,
                 "correct": right and valid, "re_deg": 1.0, "te": 0.001, "add_or_adds": 0.001,
-                "latency": 0.1, "state": "TRACKING" if valid else "INITIALIZING"}
+                "latency": 0.1, "state": "TRACKING" if valid else "INITIALIZING",
+                "reason": "NONE" if valid else reason}
 
     recs = [rec(0.9, True, True), rec(0.95, True, False), rec(0.8, True, True), rec(0.2, False, False),
-            rec(0.3, False, True), rec(0.99, True, False, visible=False)]
+            rec(0.3, False, True, reason="PARTLY_IN_VIEW"), rec(0.99, True, False, visible=False)]
     s = summarise(recs, 0.1)
     assert s["confident_wrong_visible_frames"] == 1 and s["confident_out_of_view_frames"] == 1
+    assert s["not_valid_reasons_visible"] == {"LOW_CONFIDENCE": 1, "PARTLY_IN_VIEW": 1}
     assert s["valid_pose_precision"] == pytest.approx(2 / 3)
     # right (0.9, 0.8, 0.3) vs wrong (0.95, 0.2): 3 of 6 pairs ranked right (each right one above 0.2 only)
     assert s["confidence_auc_visible"] == pytest.approx(3 / 6)
