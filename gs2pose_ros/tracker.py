@@ -635,8 +635,9 @@ class PoseTracker:
                             iters, latency, stages, _numbers(r.diagnostics), _reason(r))
 
     def render_overlay(self, frame: Frame, estimate: PoseEstimate, max_side: int = 256) -> np.ndarray:
-        """The frame with the model rendered at ``estimate`` (tinted green when valid, red when not)
-        and the projected 3D bounding box; uint8 [H, W, 3]."""
+        """The frame with the model rendered at ``estimate`` (tinted green when valid, red when not),
+        the projected 3D bounding box and a label (object, state, confidence, and why the pose is
+        not valid); uint8 [H, W, 3]."""
         from gs2pose_ros.camera import PinholeCamera
         from gs2pose_ros.render import render
 
@@ -672,6 +673,8 @@ class PoseTracker:
                         cv2.line(img, tuple(int(v) for v in pts[i]), tuple(int(v) for v in pts[j]),
                                  tuple(int(v) for v in colour), 1, cv2.LINE_AA, shift=4)
         label = f"{self.object_name} {estimate.state.name} conf {estimate.confidence:.2f}"
+        if not estimate.pose_valid:
+            label += f" ({estimate.reason.name.lower().replace('_', ' ')})"
         cv2.putText(img, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, tuple(int(v) for v in colour), 1, cv2.LINE_AA)
         return img
 

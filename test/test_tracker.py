@@ -89,6 +89,10 @@ def test_render_overlay_and_estimate(seq_leave):
     img = tr.render_overlay(f, est)
     assert img.shape == f.rgb.shape and img.dtype == np.uint8
     assert np.abs(img.astype(int) - f.rgb.astype(int)).sum() > 0
+    # an invalid pose's label says why (the node's debug image in rviz2)
+    labels = [tr.render_overlay(f, PoseEstimate(est.T_cam_obj, 0.3, TrackingState.LOST, False, reason=r))[:24]
+              for r in (NotValidReason.LOW_CONFIDENCE, NotValidReason.PARTLY_IN_VIEW)]
+    assert np.abs(labels[0].astype(int) - labels[1].astype(int)).sum() > 0
 
 
 def test_large_motion_is_recovered_from_the_warm_start(seq_leave, monkeypatch):
