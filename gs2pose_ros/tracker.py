@@ -80,7 +80,8 @@ SLIVER_NCC_MARGIN = 0.1
 #: turned this far both ways about it; a turned score within ``AXIS_AMBIGUITY_TOL`` of the pose's
 #: own means nothing in view fixes that rotation (mug, handle and logo facing away: turned 20 deg
 #: 0.000-0.007 below the pose's score on 13 frames of two sequences; handle in view: 0.030 below
-#: (seed-7 frame 55) to 0.99 below, one way or the other).
+#: (seed-7 frame 55) to 0.99 below, one way or the other), unless the texture tells the turn
+#: apart (:func:`texture_tells_turn`: the logo in view with the handle out of sight).
 AXIS_PROBE_DEG = 20.0
 AXIS_AMBIGUITY_TOL = 0.015
 #: A detection with depth whose render is clearly textured (colour spread ``render_std`` at least
@@ -91,7 +92,8 @@ AXIS_AMBIGUITY_TOL = 0.015
 DETECT_TEXTURED_STD = 0.15
 DETECT_MIN_NCC = 0.35
 
-__all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "rival_ncc", "resolve_device", "load_object_model"]
+__all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "rival_ncc", "texture_tells_turn", "resolve_device",
+           "load_object_model"]
 
 
 @dataclass
@@ -205,6 +207,18 @@ def choose_half_turn(detection: RefineResult, turns: list) -> RefineResult:
     if any(c is detection for c in tied):
         tied = [detection] + [c for c in tied if c is not detection and ncc(c) >= ncc(detection) + FLIP_NCC_MARGIN]
     return max(tied, key=lambda c: (ncc(c), c.confidence))
+
+
+def texture_tells_turn(pose: dict, turned: dict) -> bool:
+    """Whether the print pins a rotation that geometry leaves free: the pose's render is textured
+    (``texture_weight`` >= 0.5) and correlates with the image at least ``FLIP_NCC_MARGIN`` better
+    than the pose turned about a near-symmetry axis (``pose``, ``turned``: their diagnostics).
+
+    Scores saturate near 0.99 for both when the handle is out of sight; the logo may still show:
+    mug seed 7 frames 28 and 51, right poses, NCC 0.72 and 0.57 against 0.39 and 0.32 turned
+    20 deg; with handle and logo facing away (seed 8 frames 0-20) the turns correlate as well or
+    better (0.31-0.42 against 0.35-0.42)."""
+    return texture_weight(pose) >= 0.5 and pose.get("ncc", 0.0) >= turned.get("ncc", 0.0) + FLIP_NCC_MARGIN
 
 
 def rival_ncc(chosen: RefineResult, candidates: list, metadata: ObjectMetadata) -> float:
@@ -437,15 +451,16 @@ class PoseTracker:
             T = result.T_cam_obj
             # the pose and its turns scored alike (score: no Pose-Net mask, no refinement), not
             # against the detection's own confidence
-            ref = self.refiner.score(frame, T, appearance=app).confidence
+            ref = self.refiner.score(frame, T, appearance=app)
             for e, c in self._near_axes:
                 for sign in (-1.0, 1.0):
                     T_turn = np.eye(4)
                     T_turn[:3, :3], T_turn[:3, 3] = turned_about(
                         T[:3, :3], T[:3, 3], cv2.Rodrigues(e * sign * math.radians(AXIS_PROBE_DEG))[0], c)
-                    s = self.refiner.score(frame, T_turn, appearance=app).confidence
-                    if s >= ref - AXIS_AMBIGUITY_TOL:
-                        result.diagnostics["ambiguous_about_axis"] = float(s)
+                    s = self.refiner.score(frame, T_turn, appearance=app)
+                    if s.confidence >= ref.confidence - AXIS_AMBIGUITY_TOL and \
+                            not texture_tells_turn(ref.diagnostics, s.diagnostics):
+                        result.diagnostics["ambiguous_about_axis"] = float(s.confidence)
                         return True
             return False
         finally:
