@@ -434,8 +434,9 @@ class PoseTracker:
 
     def _ambiguous_about_axis(self, frame: Frame, result: RefineResult, stages: dict) -> bool:
         """Whether ``result``'s pose scores as well turned ``AXIS_PROBE_DEG`` either way about a
-        near-symmetry axis of the model (then ``diagnostics["ambiguous_about_axis"]`` holds that
-        score). Symmetric objects (scored with ADD-S) and models without such an axis: False."""
+        near-symmetry axis of the model and the print does not tell the turn apart
+        (:func:`texture_tells_turn`); then ``diagnostics["ambiguous_about_axis"]`` holds that
+        score. Symmetric objects (scored with ADD-S) and models without such an axis: False."""
         if not self.config.check_axis_ambiguity or self.metadata.symmetric:
             return False
         t0 = time.perf_counter()
