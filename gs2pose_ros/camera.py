@@ -436,15 +436,11 @@ def depth_connected_region(depth: np.ndarray, K: np.ndarray, seed: np.ndarray, e
     ok[1:] &= ~jump_y
     ok[:-1] &= ~jump_y
     if radius is not None:
-        uu = (np.arange(W) + 0.5 - K[0, 2]) / K[0, 0]
-        vv = (np.arange(H) + 0.5 - K[1, 2]) / K[1, 1]
-        vs, us = np.nonzero(seed & ok)
-        if len(vs) == 0:
+        if not (seed & ok).any():
             return np.zeros((H, W), bool)
-        zs = z[vs, us]
-        c = np.median(np.stack([uu[us] * zs, vv[vs] * zs, zs], 1), axis=0)
-        dist2 = (uu[None, :] * z - c[0]) ** 2 + (vv[:, None] * z - c[1]) ** 2 + (z - c[2]) ** 2
-        ok &= dist2 < radius * radius
+        points = backproject_depth(z, K)[0].numpy()
+        c = np.median(points[seed & ok], axis=0)
+        ok &= ((points - c) ** 2).sum(-1) < radius * radius
     n, labels = cv2.connectedComponents(ok.astype(np.uint8), connectivity=4)
     counts = np.bincount(labels[seed & ok], minlength=n)
     counts[0] = 0  # the background label
