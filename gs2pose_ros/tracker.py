@@ -323,8 +323,7 @@ class PoseTracker:
             # alternative's only when it scores by itself, not on its depth fit alone: one fitted
             # to a wall 2.5 m behind an out-of-view mug (0.004, depth inliers 0.67) had a
             # half-turn at 0.77
-            worth = self._plausible(r2) if cand is c else r2.confidence >= 0.5 * self.config.valid_threshold
-            if worth and self.config.try_flips:
+            if self._plausible(r2, depth_fit=cand is c) and self.config.try_flips:
                 r2 = self._best_flip(frame, r2, stages)
             iterations += r2.iterations
             if r is None or r2.confidence > r.confidence:
@@ -341,21 +340,26 @@ class PoseTracker:
                 r.confidence = 0.5 * self.config.valid_threshold
         return r, iterations
 
-    def _plausible(self, r: RefineResult) -> bool:
+    def _plausible(self, r: RefineResult, depth_fit: bool = True) -> bool:
         """Whether a refined detection is worth its half-turn check (:meth:`_best_flip`): it scores
-        half the valid threshold, or it fits the depth (a half-turn's confidence may be gated down
-        by its texture alone: printed_box frame 7, 169 deg, 0.03, inliers 0.81)."""
+        half the valid threshold, or (``depth_fit``) it fits the depth (a half-turn's confidence
+        may be gated down by its texture alone: printed_box frame 7, 169 deg, 0.03, inliers 0.81)."""
         return r.confidence >= 0.5 * self.config.valid_threshold or \
-            r.diagnostics.get("depth_inlier_ratio", 0.0) >= FLIP_MIN_INLIERS
+            (depth_fit and r.diagnostics.get("depth_inlier_ratio", 0.0) >= FLIP_MIN_INLIERS)
 
     @staticmethod
-    def _texture_tells_half_turns(frame: Frame, d: dict) -> bool:
-        """Whether a detection's diagnostics ``d`` show a textured render that correlates with the
-        image (``SLIVER_MIN_NCC``) clearly better than its refined half-turns did (``half_turn_ncc``,
-        from :meth:`_best_flip`); with depth only, as ``DETECT_MIN_NCC``."""
-        return frame.depth is not None and "half_turn_ncc" in d and \
-            d.get("render_std", 0.0) >= DETECT_TEXTURED_STD and d.get("ncc", 0.0) >= SLIVER_MIN_NCC and \
-            d["ncc"] >= d["half_turn_ncc"] + SLIVER_NCC_MARGIN
+    def _clearly_textured(frame: Frame, d: dict) -> bool:
+        """Whether a detection's diagnostics ``d`` show a clearly textured render
+        (``DETECT_TEXTURED_STD``) on a frame with depth: the texture rules' precondition."""
+        return frame.depth is not None and d.get("render_std", 0.0) >= DETECT_TEXTURED_STD
+
+    @classmethod
+    def _texture_tells_half_turns(cls, frame: Frame, d: dict) -> bool:
+        """Whether a detection's diagnostics ``d`` show a clearly textured render that correlates
+        with the image (``SLIVER_MIN_NCC``) clearly better than its refined half-turns did
+        (``half_turn_ncc``, from :meth:`_best_flip`)."""
+        return cls._clearly_textured(frame, d) and "half_turn_ncc" in d and \
+            d.get("ncc", 0.0) >= SLIVER_MIN_NCC and d["ncc"] >= d["half_turn_ncc"] + SLIVER_NCC_MARGIN
 
     def _refine_candidate(self, frame: Frame, T_c: np.ndarray, mask: Optional[np.ndarray],
                           stages: dict) -> RefineResult:
@@ -426,8 +430,7 @@ class PoseTracker:
         if r.confidence < self.config.accept_threshold:
             return False
         d = r.diagnostics
-        if frame.depth is not None and d.get("render_std", 0.0) >= DETECT_TEXTURED_STD \
-                and d.get("ncc", 1.0) < DETECT_MIN_NCC:
+        if self._clearly_textured(frame, d) and d.get("ncc", 1.0) < DETECT_MIN_NCC:
             d["texture_not_seen"] = float(d["ncc"])
             return False
         return not self._ambiguous_about_axis(frame, r, stages)
