@@ -290,6 +290,11 @@ TEXTURE_GATE = 0.4
 NCC_FULL = 0.2
 #: Share of a plain render inside the image under which its raw score is scaled down.
 PLAIN_MIN_IN_IMAGE = 0.4
+#: NCC over which a faintly textured render (``render_std`` between the ``TEXTURE_STD`` bounds)
+#: counts as textured for that rule (first value: not at all, second: fully): the right pose of a
+#: toy leaving the view, 25 % in the image, render_std 0.043, correlated at 0.59 and scored 0.49
+#: under the rule; the plain patch fitted to a pole that the rule is for, at 0.118.
+FAINT_TEXTURE_NCC = (0.35, 0.55)
 #: Fraction of the silhouette seen (inside the image and not occluded) below which the confidence
 #: is scaled down proportionally (BOP counts an object with visib_fract < 0.1 as not visible).
 MIN_SEEN_FRACTION = 0.15
@@ -320,6 +325,18 @@ def texture_weight(d: dict) -> float:
     return float(np.clip((d.get("render_std", hi) - lo) / (hi - lo), 0.0, 1.0))
 
 
+def seen_texture_weight(d: dict) -> float:
+    """:func:`texture_weight`, raised for a faint texture that clearly correlates with the image
+    (``FAINT_TEXTURE_NCC``, on at least ``TEXTURE_STD[0]`` of colour spread and with the contrast
+    of :func:`contrast_agreement`): how far the view is confirmed by its print, not its shape alone."""
+    w = texture_weight(d)
+    if d.get("render_std", 0.0) < TEXTURE_STD[0]:
+        return w  # NCC of a plain render is noise
+    lo, hi = FAINT_TEXTURE_NCC
+    told = float(np.clip((d.get("ncc", 0.0) - lo) / (hi - lo), 0.0, 1.0)) * contrast_agreement(d)
+    return max(w, told)
+
+
 def photometric_evidence(d: dict) -> float:
     """Colour evidence in [0, 1] for the confidence.
 
@@ -348,7 +365,8 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
     be confirmed) and ``min(1, seen / MIN_SEEN_FRACTION)`` with ``seen`` the share of the
     silhouette inside the image and unoccluded, times down to ``1 - TEXTURE_GATE`` for a textured
     render whose texture is not seen (a plain observation, :func:`contrast_agreement`, or NCC under
-    ``NCC_FULL``) and, for a plain render, by ``min(1, in_image / PLAIN_MIN_IN_IMAGE)``, mapped by
+    ``NCC_FULL``) and, for a plain render (:func:`seen_texture_weight`), by
+    ``min(1, in_image / PLAIN_MIN_IN_IMAGE)``, mapped by
     a logistic centred on 0.72 (slope 20):
     the raw score that separated right from wrong poses on generated data (docs/tracking.md).
     Geometry alone cannot reject a pose flipped onto a geometric symmetry of the shape; the colour
@@ -378,8 +396,9 @@ def combine_confidence(d: dict, has_depth: bool) -> float:
         # pole of similar colour out of view: 0.94): plain views need more of the object inside
         # the image. Only the image border counts here: an occluder's depth in front of the
         # render is evidence too (a plain mug 60-67 % behind a card is right and must stay valid)
+        # (a faint print that clearly correlates counts as print: seen_texture_weight)
         in_image = d.get("in_image_fraction", 1.0)
-        raw *= 1.0 - (1.0 - texture_weight(d)) * (1.0 - min(1.0, in_image / PLAIN_MIN_IN_IMAGE))
+        raw *= 1.0 - (1.0 - seen_texture_weight(d)) * (1.0 - min(1.0, in_image / PLAIN_MIN_IN_IMAGE))
     else:
         raw = 0.5 * photo + 0.5 * float(np.clip(d.get("ssim", 0.0), 0.0, 1.0))
         # the image alone cannot tell the distance to within 0.1 d when that moves the silhouette's
