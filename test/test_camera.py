@@ -264,3 +264,35 @@ def test_depth_connected_region_stops_at_depth_steps_and_the_plane():
     near = depth_connected_region(depth, K, seed, exclude=table & ~obj & ~other, radius=0.05)
     assert near.sum() < region.sum() and not (near & ~visible).any()
     assert not depth_connected_region(depth, K, np.zeros((H, W), bool)).any()
+
+
+def test_object_sized_surfaces_on_the_dominant_plane():
+    """Plane removal, then clusters: of a block, a pole, a small blob and speckle standing off a
+    tilted floor, only the block is object-sized; the floor is the dominant plane."""
+    from gs2pose_ros.camera import fit_dominant_plane, object_sized_surfaces, on_plane
+
+    H, W = 240, 320
+    K = np.array([[300.0, 0, W / 2], [0, 300.0, H / 2], [0, 0, 1]])
+    v, u = np.mgrid[0:H, 0:W]
+    normal, d = np.array([0.0, 0.8, 0.6]), 0.8  # the floor, n . X = d, far at the top of the image
+    depth = (d / (normal[1] * (v + 0.5 - K[1, 2]) / K[1, 1] + normal[2])).astype(np.float32)
+    block = (u >= 100) & (u < 130) & (v >= 150) & (v < 180)  # ~11 cm across at 1.1 m
+    pole = (u >= 200) & (u < 206) & (v >= 10) & (v < 220)  # well over half a metre long
+    blob = (u >= 40) & (u < 44) & (v >= 200) & (v < 204)
+    for m in (block, pole, blob):
+        depth[m] -= 0.06
+    rng = np.random.default_rng(0)
+    depth[rng.integers(0, H, 20), rng.integers(0, W, 20)] -= 0.03  # speckle
+    depth[0, :5] = 0  # missing readings
+    plane = fit_dominant_plane(depth, K)
+    assert plane is not None
+    n = plane[:3] * np.sign(plane[3])
+    assert np.allclose(n, normal, atol=1e-3) and abs(abs(plane[3]) - d) < 1e-3
+    flat = on_plane(depth, K, plane, 0.006)
+    surfaces = object_sized_surfaces(depth, K, 0.15, flat)
+    assert len(surfaces) == 1
+    inner = cv2.erode(block.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert surfaces[0][inner].all() and not (surfaces[0] & ~block).any()
+    # the same block is too small for an object of 1 m, too large for one of 5 cm
+    assert object_sized_surfaces(depth, K, 1.0, flat) == [] and object_sized_surfaces(depth, K, 0.05, flat) == []
+    assert fit_dominant_plane(rng.uniform(0.5, 3.0, (H, W)).astype(np.float32), K) is None  # no plane

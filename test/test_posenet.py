@@ -804,7 +804,8 @@ def test_a_mask_that_caught_a_piece_of_the_object_grows_over_its_depth_surface()
     for tol in (0.006, None):
         # (input_size: the crops' resolution; the network itself is replaced below)
         est = CoarsePoseEstimator(PoseNet(dataclasses.replace(TINY, input_size=96)), meta, model,
-                                  ransac_iterations=200, support_plane_tol=tol, search=False)
+                                  ransac_iterations=200, support_plane_tol=tol, search=False,
+                                  surface_candidates=0)
         crops = []
         crop = est._crop
         est._crop = lambda fr, b, padding=None, _c=crop: crops.append(_c(fr, b, padding)) or crops[-1]
@@ -816,7 +817,7 @@ def test_a_mask_that_caught_a_piece_of_the_object_grows_over_its_depth_surface()
             pred["mask"] = crop_image(piece.astype(np.float32), x0, y0, w, h, S, S)
             return pred
         est.predict = predict
-        est.locate_all = lambda fr: [(box[0], box[1], box[0] + box[2], box[1] + box[3])]
+        est._locate = lambda fr: ([(box[0], box[1], box[0] + box[2], box[1] + box[3])], None, 1.0)
         pose = est.estimate(frame)
         errors[tol] = (_angle_deg(pose.T_cam_obj[:3, :3], T[:3, :3]),
                        float(np.linalg.norm(pose.T_cam_obj[:3, 3] - T[:3, 3])))

@@ -7,8 +7,12 @@ Pipeline of :meth:`CoarsePoseEstimator.estimate` for one :class:`~gs2pose_ros.fr
    largest confident connected component -> a box in the frame. Then the precise pass on a
    square crop around that box (resampled to the input size; the crop is a new K), repeated
    ``refine_passes`` times around the refined mask; a mask that runs into the crop's border means
-   the crop was too tight (a partial detection) and the next crop grows around it. A region of
-   interest from outside (``roi``) skips the full-frame pass.
+   the crop was too tight (a partial detection) and the next crop grows around it. While the
+   most probable component gives no confident pose, with depth, the object-sized surfaces off the
+   floor (:meth:`CoarsePoseEstimator._surfaces`: plane removal, then depth-connected clusters of
+   the object's size) are candidates too, each on a tight crop whose mask stays on the surface;
+   the most confident candidate wins. A region of interest from outside (``roi``) skips the
+   full-frame pass.
 2. **Correspondences**: pixels with mask probability > ``mask_threshold`` (``low_mask_threshold``
    where that leaves under 30 pixels, as the full-frame pass does for an empty mask) (and, with a confidence
    head, confidence > ``conf_threshold`` when enough remain) decode to object points
@@ -428,9 +432,9 @@ class CoarsePose:
     method: "kabsch" (depth), "pnp" (RGB only) or "none".
     inlier_ratio, agreement: the two factors of the confidence.
     stages: seconds per stage.
-    alternatives: the poses found for the other full-frame candidates (tried while none was
-    confident), in the full-frame pass's order; a caller that can verify poses (the refiner)
-    checks them too.
+    alternatives: the poses found for the other candidates (full-frame components, then
+    object-sized surfaces; tried while none was confident), in that order; a caller that can
+    verify poses (the refiner) checks them too.
     """
 
     T_cam_obj: Optional[np.ndarray]
@@ -472,7 +476,8 @@ class CoarsePoseEstimator:
                  depth_tolerance: float = 0.03, flips: bool = True, anchor_weight: float = 0.02,
                  search: bool = True, search_below: float = 0.5, search_views: int = 30, search_in_plane: int = 6,
                  low_mask_threshold: float = 0.3, candidates: int = 2, candidate_confidence: float = 0.5,
-                 locate_size: Optional[int] = None, support_plane_tol: Optional[float] = 0.006):
+                 locate_size: Optional[int] = None, support_plane_tol: Optional[float] = 0.006,
+                 surface_candidates: int = 3):
         self.net = posenet.eval()
         self.metadata = metadata
         self.model = model
@@ -511,6 +516,9 @@ class CoarsePoseEstimator:
         # mask pixels within this (metres) of the supporting plane (table, floor) are not the
         # object; None keeps them (see _predict_crop)
         self.support_plane_tol = support_plane_tol
+        # with depth, object-sized surfaces off the floor tried after the full-frame candidates
+        # when none of those is confident (_surfaces); 0: none
+        self.surface_candidates = int(surface_candidates)
         self._geometry = None
 
     @property
@@ -566,6 +574,11 @@ class CoarsePoseEstimator:
     def locate_all(self, frame) -> list:
         """Candidate boxes ``(x0, y0, x1, y1)`` in frame pixels from a full-frame pass, the most
         probable first (empty if nothing is seen)."""
+        return self._locate(frame)[0]
+
+    def _locate(self, frame) -> tuple:
+        """:meth:`locate_all`'s boxes, the pass's mask probability ``[S, S]`` and the frame ->
+        pass scale."""
         img, s = letterbox(frame.rgb, self.locate_size)
         prob = self.predict(img)["mask"]
         prob[int(math.ceil(frame.height * s)):] = 0  # the padding is not the image
@@ -576,7 +589,7 @@ class CoarsePoseEstimator:
             # small full-frame view: look again at a lower threshold; the crop passes and the
             # confidence judge what it found
             boxes = self._mask_boxes(prob, self.low_mask_threshold) or boxes
-        return [tuple(v / s for v in b) for b in boxes]
+        return [tuple(v / s for v in b) for b in boxes], prob, s
 
     def locate(self, frame) -> Optional[tuple]:
         """The object's box ``(x0, y0, x1, y1)`` in frame pixels from a full-frame pass (None if not seen)."""
@@ -614,10 +627,9 @@ class CoarsePoseEstimator:
                 raise InputError(f"estimate: roi {roi} must be (x0, y0, w, h) with w, h > 0 pixels")
             boxes = [(x, y, x + w, y + h)]
         else:
-            boxes = self.locate_all(frame)[:max(1, self.candidates)]
+            boxes, prob, scale = self._locate(frame)
+            boxes = boxes[:max(1, self.candidates)]
             stages["locate"] = time.perf_counter() - t0
-            if not boxes:
-                return CoarsePose(None, 0.0, 0, 0, None, None, "none", stages=stages)
         results = []
         for box in boxes:
             # the full-frame pass may put a distractor first (a toy cut by the image border was the
@@ -625,19 +637,88 @@ class CoarsePoseEstimator:
             results.append(self._estimate_in(frame, box, roi is None, stages))
             if results[-1].confidence >= self.candidate_confidence:
                 break
-        # the most probable component stays first unless another one is confident and it is not:
-        # ranking by the coarse confidence alone put a same-shaped distractor (0.18) before the
-        # toy itself (toy frame 6), and the refiner then confirmed the distractor at 0.95
+        if roi is None and (not results or results[0].confidence < self.candidate_confidence):
+            # the most probable component is not the object (or not confidently): object-sized
+            # surfaces too, even after a confident second component (one 26 cm off the box at
+            # 0.62 while the box's surface gave 1.0, 0.2 deg: generated seed 11, frame 0)
+            results += self.surface_estimates(frame, (prob, scale), stages)
+        if not results:
+            return CoarsePose(None, 0.0, 0, 0, None, None, "none", stages=stages)
+        # the most probable component stays first unless another one is confident and it is not
+        # (then the most confident one): ranking by the coarse confidence alone put a same-shaped
+        # distractor (0.18) before the toy itself (toy frame 6), and the refiner then confirmed
+        # the distractor at 0.95
         k = 0
         if results[0].confidence < self.candidate_confidence:
-            k = next((i for i, r in enumerate(results) if r.confidence >= self.candidate_confidence), 0)
+            confident = [i for i, r in enumerate(results) if r.confidence >= self.candidate_confidence]
+            k = max(confident, key=lambda i: results[i].confidence, default=0)
         best = results[k]
         best.alternatives = results[:k] + results[k + 1:]
         best.stages = stages
         return best
 
-    def _estimate_in(self, frame, box, full_frame: bool, stages: dict) -> CoarsePose:
-        """Crop passes and the pose for one candidate box ``(x0, y0, x1, y1)`` (frame pixels)."""
+    def surface_estimates(self, frame, located: Optional[tuple] = None, stages: Optional[dict] = None) -> list:
+        """Coarse poses (:class:`CoarsePose`, ``details["surface_candidate"]``) of the object-sized
+        surfaces (:meth:`_surfaces`), tried in order until one is confident; empty without depth.
+        ``estimate`` calls it while the full-frame pass finds nothing confident; a caller that
+        refuted a confident candidate (the tracker) may call it too. ``located``: the full-frame
+        pass's ``(prob, scale)`` when already run; ``stages``: seconds per stage, added to
+        (``surfaces``: finding them)."""
+        stages = {} if stages is None else stages
+        if located is None:  # a call of its own: reproducible from the frame alone, as estimate
+            self.rng = np.random.default_rng(self.seed)
+            _, prob, scale = self._locate(frame)
+        else:
+            prob, scale = located
+        t0 = time.perf_counter()
+        surfaces = self._surfaces(frame, prob, scale)
+        stages["surfaces"] = stages.get("surfaces", 0.0) + time.perf_counter() - t0
+        results = []
+        for box, surface in surfaces:
+            # a tight crop whose mask stays on the surface: the crop passes of a context crop
+            # followed the pole beside the box
+            results.append(self._estimate_in(frame, box, False, stages, keep=surface))
+            results[-1].details["surface_candidate"] = True
+            if results[-1].confidence >= self.candidate_confidence:
+                break
+        return results
+
+    def _surfaces(self, frame, prob: np.ndarray, scale: float) -> list:
+        """Up to ``surface_candidates`` object-sized surfaces off the floor
+        (:func:`~gs2pose_ros.camera.object_sized_surfaces`, the floor from
+        :func:`~gs2pose_ros.camera.fit_dominant_plane`), the one the full-frame pass's ``prob``
+        rates highest (mean) first, as ``(box (x0, y0, x1, y1), [H, W] bool)`` in frame pixels.
+        Empty without depth.
+
+        The shipped printed_box network rated a checkered pole above the box beside it (generated
+        seed 11: the box behind the pole, and the box at the image border by the pole, 70-90 %
+        in view, in neither full-frame candidate, whose crops followed the pole)."""
+        from gs2pose_ros.camera import fit_dominant_plane, object_sized_surfaces, on_plane
+
+        if self.surface_candidates <= 0 or not self.use_depth or frame.depth is None \
+                or self.support_plane_tol is None:
+            return []
+        plane = fit_dominant_plane(frame.depth, frame.K)
+        if plane is None:
+            return []
+        flat = on_plane(frame.depth, frame.K, plane, self.support_plane_tol)
+        surfaces = object_sized_surfaces(frame.depth, frame.K, float(self.metadata.diameter), flat)
+        H, W = prob.shape
+
+        def rating(m):
+            vs, us = np.nonzero(m)
+            return float(prob[np.minimum((vs * scale).astype(int), H - 1),
+                              np.minimum((us * scale).astype(int), W - 1)].mean())
+
+        out = []
+        for m in sorted(surfaces, key=rating, reverse=True)[:self.surface_candidates]:
+            vs, us = np.nonzero(m)
+            out.append(((float(us.min()), float(vs.min()), float(us.max() + 1), float(vs.max() + 1)), m))
+        return out
+
+    def _estimate_in(self, frame, box, full_frame: bool, stages: dict, keep=None) -> CoarsePose:
+        """Crop passes and the pose for one candidate box ``(x0, y0, x1, y1)`` (frame pixels);
+        ``keep``: an optional ``[H, W]`` bool region of the frame the masks are confined to."""
         t1 = time.perf_counter()
         # the full-frame pass sees the object small and may only catch part of it: the first crop
         # keeps context around its box (as the training's context samples do); later ones are tight
@@ -649,7 +730,7 @@ class CoarsePoseEstimator:
             # from the first crop, whose outer ring is the object's surroundings (later crops are
             # tight: their ring can lie on the object)
             plane = fit_support_plane(frame.depth, frame.K, crop_box)
-        pred = self._predict_crop(frame, crop_box, crop, K_crop, plane)
+        pred = self._predict_crop(frame, crop_box, crop, K_crop, plane, keep)
         for _ in range(self.refine_passes):
             b = self._mask_box(pred["mask"])
             if b is None:
@@ -667,7 +748,7 @@ class CoarsePoseEstimator:
                 # zooming in more than ~2.5x in one pass means the mask caught a detail, not the object
                 break
             crop_box, crop, K_crop = self._crop(frame, fb)
-            pred = self._predict_crop(frame, crop_box, crop, K_crop, plane)
+            pred = self._predict_crop(frame, crop_box, crop, K_crop, plane, keep)
         support = None
         if plane is not None:
             crop_box, crop, K_crop, pred, support = self._grow_mask(frame, crop_box, crop, K_crop, pred, plane)
@@ -680,19 +761,31 @@ class CoarsePoseEstimator:
             x0, y0, w, h = crop_box
             depth_crop = crop_image(frame.depth, x0, y0, w, h, self.size, self.size,
                                     interpolation=cv2.INTER_NEAREST, border_value=0)
-        result = self.pose_from_prediction(pred, K_crop, depth_crop, support=support)
+        # a surface candidate (keep) stands on Pose-Net's own correspondences: the orientation
+        # search took up to 1.6 s on a wrong surface, and surfaces are tried where nothing was
+        # found (out of view, mostly)
+        result = self.pose_from_prediction(pred, K_crop, depth_crop, support=support,
+                                           search=None if keep is None else False)
         stages["pose"] = stages.get("pose", 0.0) + time.perf_counter() - t2
         result.roi = crop_box
         result.mask = self._frame_mask(frame, crop_box, self._binary_mask(pred["mask"]))
         return result
 
-    def _predict_crop(self, frame, crop_box, crop, K_crop, plane=None):
-        """``predict`` with the mask zeroed on the crop's parts outside the frame (padding) and,
+    def _predict_crop(self, frame, crop_box, crop, K_crop, plane=None, keep=None):
+        """``predict`` with the mask zeroed on the crop's parts outside the frame (padding),
         given the supporting ``plane`` (n, d), on the pixels whose depth lies on it (``K_crop``: the
-        crop's intrinsics, as ``_crop`` returns them)."""
+        crop's intrinsics, as ``_crop`` returns them) and, given ``keep`` (``[H, W]`` bool, frame
+        pixels), outside it."""
         pred = self.predict(crop)
         if plane is not None:
             self._drop_plane_pixels(frame, crop_box, K_crop, pred["mask"], plane)
+        if keep is not None:
+            from gs2pose_ros.camera import crop_image
+
+            x0, y0, w, h = crop_box
+            inside = crop_image(keep.astype(np.uint8), x0, y0, w, h, self.size, self.size,
+                                interpolation=cv2.INTER_NEAREST, border_value=0)
+            pred["mask"][inside == 0] = 0.0
         pred["rgb"] = crop
         x0, y0, w, h = crop_box
         S = self.size
@@ -786,11 +879,13 @@ class CoarsePoseEstimator:
         return out.astype(bool)
 
     def pose_from_prediction(self, pred: dict, K_crop: np.ndarray, depth_crop: Optional[np.ndarray] = None,
-                             support: Optional[np.ndarray] = None) -> CoarsePose:
+                             support: Optional[np.ndarray] = None, search: Optional[bool] = None) -> CoarsePose:
         """Correspondences from one prediction (crop coordinates) -> pose + confidence.
 
         support: optional ``[S, S]`` bool, the object's visible surface where the mask caught only
-        part of it (:meth:`_grow_mask`): the depth stage fits and checks the model against it."""
+        part of it (:meth:`_grow_mask`): the depth stage fits and checks the model against it.
+        search: whether a low-confidence pose is searched for over orientations (:meth:`_search`);
+        None: the estimator's ``search`` setting."""
         S = pred["mask"].shape[0]
         mask = self._binary_mask(pred["mask"])
         n_mask = int(mask.sum())
@@ -819,7 +914,8 @@ class CoarsePoseEstimator:
                 if self.icp and self.geometry is not None:
                     surface = mask if support is None else mask | support
                     R, t, details = self._pose_with_depth(P[good], Q, pred["conf"][vs[good], us[good]], surface,
-                                                          K_crop, depth_crop, pred.get("rgb"))
+                                                          K_crop, depth_crop, pred.get("rgb"),
+                                                          self.search if search is None else search)
                 else:
                     R, t, _ = ransac_kabsch(P[good], Q, self.inlier_threshold * diam, self.ransac_iterations,
                                             self.rng)
@@ -855,7 +951,7 @@ class CoarsePoseEstimator:
 
     # -- with depth: hypotheses, ICP, depth check -------------------------------------------------
 
-    def _pose_with_depth(self, P, Q, conf, mask, K_crop, depth_crop, rgb_crop=None):
+    def _pose_with_depth(self, P, Q, conf, mask, K_crop, depth_crop, rgb_crop=None, search: bool = True):
         """3D-3D correspondences -> the best of several RANSAC hypotheses, each refined by ICP against
         the depth and scored by :meth:`depth_check`. Returns ``(R, t, details)``."""
         diam = self.metadata.diameter
@@ -915,7 +1011,7 @@ class CoarsePoseEstimator:
         if best is None:
             return None, None, {}
         details = {"hypotheses": out, "chosen": best["hypothesis"], "check": best}
-        if self.search and self._depth_confidence(dict(details))[1] < self.search_below:
+        if search and self._depth_confidence(dict(details))[1] < self.search_below:
             found = self._search(Xr, Xm, K_crop, depth_crop, rgb_crop, P, Q, centre, radius, best)
             if found is not None:
                 details = found
