@@ -3,9 +3,10 @@
 States (:class:`~gs2pose_ros.frame.TrackingState`):
 
 * ``INITIALIZING``: no pose yet. Every frame: coarse pose (Pose-Net) + full refinement, checked
-  against its half-turns about the box axes and, when it does not verify, Pose-Net's second
-  full-frame candidate (a "detection"); a result with ``confidence >= accept_threshold`` starts
-  ``TRACKING``.
+  against its half-turns about the box axes and, when it does not verify, the coarse stage's next
+  candidate (another full-frame component, an object-sized surface), and, when its coarse pose was
+  unsure, weighed against another reading of the same object (a "detection"); a result with
+  ``confidence >= accept_threshold`` starts ``TRACKING``.
 * ``TRACKING``: each frame warm-starts from the previous pose moved by a constant-velocity
   prediction and runs the short refinement (``track_iterations``). A result below
   ``recover_below`` is refined again from itself (full ICP, ``recover_iterations`` steps: the warm
@@ -91,6 +92,16 @@ AXIS_AMBIGUITY_TOL = 0.015
 #: of the four built-in objects' generated sequences, session 7; docs/tracking.md).
 DETECT_TEXTURED_STD = 0.15
 DETECT_MIN_NCC = 0.35
+#: Coarse candidates with a pose refined per detection, in the coarse stage's order, while none
+#: reaches ``accept_threshold`` (each ~1 s on two CPU cores, half-turn check included).
+DETECT_CANDIDATES = 2
+#: ... and, when the accepted one's coarse pose was unsure, the first later candidate on the same
+#: object (within ``RIVAL_MAX_DIST`` diameters) turned by more than ``RIVAL_MIN_DEG``: the network
+#: read the mug two ways from two crops (generated seed 11, frame 59: 149 deg off at coarse
+#: confidence 0.06, refined to 0.968 with NCC 0.36; the object's surface crop 5 deg off, refined
+#: 0.987, NCC 0.67). It replaces the detection as a half-turn would (:func:`choose_half_turn`).
+RIVAL_MAX_DIST = 0.5
+RIVAL_MIN_DEG = 30.0
 
 __all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "rival_ncc", "texture_tells_turn", "resolve_device",
            "load_object_model"]
@@ -293,6 +304,12 @@ class PoseTracker:
 
     # -- stages ------------------------------------------------------------------------------------
 
+    @property
+    def _worth_a_second_look(self) -> float:
+        """Half ``valid_threshold``: a detection scoring this much is worth more work (refined on,
+        its half-turns checked), and the confidence an unconfirmed sliver is held at."""
+        return 0.5 * self.config.valid_threshold
+
     def _detect(self, frame: Frame, stages: dict) -> tuple[Optional[RefineResult], int]:
         """Coarse pose + full refinement on a fresh appearance copy; (result, iterations)."""
         if self.coarse is None:
@@ -303,49 +320,111 @@ class PoseTracker:
         stages["posenet"] = stages.get("posenet", 0.0) + time.perf_counter() - t0
         if c is None:
             return None, 0
-        # the coarse stage's best candidate, then its first alternative (another component of the
-        # full-frame pass) while none is confident: the coarse confidence of a right pose of an
-        # object cut by the image border can be ~0 (toy re-entering: 0.004 at 2 deg / 1 mm), and
-        # the best may have no pose at all (printed_box seed 7 re-entering), so the refined
-        # confidence decides
+        # the coarse stage's best candidate, then its next one with a pose (another component of
+        # the full-frame pass, an object-sized surface) while none is confident: the coarse
+        # confidence of a right pose of an object cut by the image border can be ~0 (toy
+        # re-entering: 0.004 at 2 deg / 1 mm), and the first two may have no pose at all (the
+        # toy re-entering by a pole, generated seed 11 frame 50: the surface's pose 69 deg off at
+        # 0.02 came third), so the refined confidence decides
         r: Optional[RefineResult] = None
         iterations = 0
-        for cand in [c] + list(getattr(c, "alternatives", None) or [])[:1]:
-            T_c = getattr(cand, "T_cam_obj", None)
-            if T_c is None or not np.all(np.isfinite(T_c)):
-                continue
+        candidates = [cand for cand in [c] + list(getattr(c, "alternatives", None) or [])
+                      if getattr(cand, "T_cam_obj", None) is not None and np.all(np.isfinite(cand.T_cam_obj))]
+        source, refined = None, 0
+        for cand in candidates[:DETECT_CANDIDATES]:
             if r is not None and r.confidence >= self.config.accept_threshold:
                 break
-            r2 = self._refine_candidate(frame, np.asarray(T_c, dtype=np.float64), getattr(cand, "mask", None), stages)
-            r2.diagnostics["coarse_confidence"] = float(getattr(cand, "confidence", float("nan")))
-            # each candidate's half-turns (printed_box seed 9 re-entering: the best candidate a
-            # distractor, the alternative 179 deg turned at 0.47, its right half-turn 0.99); an
-            # alternative's only when it scores by itself, not on its depth fit alone: one fitted
-            # to a wall 2.5 m behind an out-of-view mug (0.004, depth inliers 0.67) had a
-            # half-turn at 0.77
-            if self._plausible(r2, depth_fit=cand is c) and self.config.try_flips:
-                r2 = self._best_flip(frame, r2, stages)
+            r2 = self._refine_detection(frame, cand, cand is c, stages)
             iterations += r2.iterations
+            refined += 1
             if r is None or r2.confidence > r.confidence:
-                r = r2
+                r, source = r2, cand
+        if (r is None or r.confidence < self.config.accept_threshold) and hasattr(self.coarse, "surface_estimates") \
+                and "surfaces" not in (getattr(c, "stages", None) or {}):
+            # the coarse stage stopped at a confident candidate that the refinement refuted (the toy
+            # beside a distractor the network put first at 0.595: generated seed 11, frame 6): the
+            # object-sized surfaces it did not try
+            t0 = time.perf_counter()
+            more = [s for s in self.coarse.surface_estimates(frame) if s.T_cam_obj is not None]
+            stages["posenet"] = stages.get("posenet", 0.0) + time.perf_counter() - t0
+            for cand in more[:DETECT_CANDIDATES]:
+                r2 = self._refine_detection(frame, cand, False, stages)
+                iterations += r2.iterations
+                if r is None or r2.confidence > r.confidence:
+                    r, source = r2, cand
+                if r.confidence >= self.config.accept_threshold:
+                    break
         if r is None:
             return None, 0
+        rival = self._rival_on_the_same_object(source, candidates, refined) \
+            if r.confidence >= self.config.accept_threshold else None
+        if rival is not None:
+            r2 = self._refine_detection(frame, rival, False, stages)
+            iterations += r2.iterations
+            r = choose_half_turn(r, [r2])
+            r.diagnostics["second_opinion"] = 1.0
         d = r.diagnostics
         seen = d.get("in_image_fraction", 1.0) * d.get("visible_fraction", 1.0)
-        if seen < DETECT_MIN_SEEN and r.confidence > 0.5 * self.config.valid_threshold:
+        if seen < DETECT_MIN_SEEN and r.confidence > self._worth_a_second_look:
             if self._texture_tells_half_turns(frame, d):
                 d["sliver_told_by_texture"] = float(d["ncc"])
             else:
                 d["confidence_before_sliver_rule"] = float(r.confidence)
-                r.confidence = 0.5 * self.config.valid_threshold
+                r.confidence = self._worth_a_second_look
         return r, iterations
+
+    def _refine_detection(self, frame: Frame, cand, best: bool, stages: dict) -> RefineResult:
+        """One coarse candidate refined (:meth:`_refine_candidate`) and weighed against its
+        half-turns (:meth:`_best_flip`) when it is plausible; ``best``: the coarse stage's best."""
+        r = self._refine_candidate(frame, np.asarray(cand.T_cam_obj, dtype=np.float64),
+                                   getattr(cand, "mask", None), stages)
+        r.diagnostics["coarse_confidence"] = float(getattr(cand, "confidence", float("nan")))
+        # each candidate's half-turns (printed_box seed 9 re-entering: the best candidate a
+        # distractor, the alternative 179 deg turned at 0.47, its right half-turn 0.99); an
+        # alternative's only when it scores by itself, not on its depth fit alone: one fitted
+        # to a wall 2.5 m behind an out-of-view mug (0.004, depth inliers 0.67) had a
+        # half-turn at 0.77
+        if self._plausible(r, depth_fit=best) and self.config.try_flips and not self._half_turns_cannot_win(r):
+            r = self._best_flip(frame, r, stages)
+        return r
+
+    def _rival_on_the_same_object(self, source, candidates: list, refined: int):
+        """A coarse candidate not refined yet (after the first ``refined`` of ``candidates``) that
+        puts the object where the unsure (coarse confidence under the coarse stage's
+        ``candidate_confidence``) candidate ``source`` of an accepted detection does, within
+        ``RIVAL_MAX_DIST`` diameters, turned by more than ``RIVAL_MIN_DEG``: a second opinion on the
+        rotation (None if there is none)."""
+        from gs2pose_ros.posenet.evaluate import symmetric_rotation_error_deg  # (as rival_ncc)
+
+        if getattr(source, "confidence", 1.0) >= getattr(self.coarse, "candidate_confidence", 0.5):
+            return None
+        T = source.T_cam_obj
+        for cand in candidates[refined:]:
+            Tc = cand.T_cam_obj
+            if np.linalg.norm(Tc[:3, 3] - T[:3, 3]) < RIVAL_MAX_DIST * self.diameter and \
+                    symmetric_rotation_error_deg(Tc[:3, :3], T[:3, :3], self.metadata.symmetries_continuous,
+                                                 self.metadata.symmetries_discrete) > RIVAL_MIN_DEG:
+                return cand
+        return None
 
     def _plausible(self, r: RefineResult, depth_fit: bool = True) -> bool:
         """Whether a refined detection is worth its half-turn check (:meth:`_best_flip`): it scores
         half the valid threshold, or (``depth_fit``) it fits the depth (a half-turn's confidence
         may be gated down by its texture alone: printed_box frame 7, 169 deg, 0.03, inliers 0.81)."""
-        return r.confidence >= 0.5 * self.config.valid_threshold or \
+        return r.confidence >= self._worth_a_second_look or \
             (depth_fit and r.diagnostics.get("depth_inlier_ratio", 0.0) >= FLIP_MIN_INLIERS)
+
+    @staticmethod
+    def _half_turns_cannot_win(r: RefineResult) -> bool:
+        """Whether :func:`choose_half_turn` keeps the detection ``r`` whatever its half-turns
+        score, so :meth:`_best_flip` need not refine them (~0.9 s on two CPU cores): ``r`` is within
+        ``FLIP_TIE`` of the highest confidence there is (1) and a half-turn would need an NCC above
+        1 to beat its own by ``FLIP_NCC_MARGIN``. Not for a sliver (under ``DETECT_MIN_SEEN``
+        seen), whose rule reads the half-turns' NCC."""
+        d = r.diagnostics
+        seen = d.get("in_image_fraction", 1.0) * d.get("visible_fraction", 1.0)
+        return r.confidence >= 1.0 - FLIP_TIE and d.get("ncc", 0.0) > 1.0 - FLIP_NCC_MARGIN \
+            and seen >= DETECT_MIN_SEEN
 
     @staticmethod
     def _clearly_textured(frame: Frame, d: dict) -> bool:
@@ -368,7 +447,7 @@ class PoseTracker:
         app = AppearanceState(self.model)
         t0 = time.perf_counter()
         r = self.refiner.refine(frame, T_c, appearance=app, mask=mask, adapt=False)
-        if 0.5 * self.config.valid_threshold <= r.confidence < self.config.recover_below \
+        if self._worth_a_second_look <= r.confidence < self.config.recover_below \
                 and self.config.recover_iterations > 0:
             # not converged yet (e.g. the 40 steps ran out half-way from a poor coarse pose): go on
             # from where it stopped, with a fresh ICP and crop around the refined pose

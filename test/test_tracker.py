@@ -136,6 +136,31 @@ def test_coarse_options_reach_the_coarse_stage():
             PoseTracker.from_files(model, posenet, config={"coarse": bad}, device="cpu")
 
 
+def test_a_detection_finds_the_box_beside_the_pole_the_network_prefers(tmp_path):
+    """The shipped printed_box network rates a checkered pole above the box standing behind it,
+    70 % in view (generated seed 11, frame 0): neither full-frame candidate is the box (coarse
+    poses 108 deg / 25 cm and 18 deg / 26 cm off). The box's own surface off the floor is a
+    candidate too (``CoarsePoseEstimator._surfaces``)."""
+    from gs2pose_ros.bop import BopDataset
+    from gs2pose_ros.frame import Frame
+    from gs2pose_ros.synth import SynthConfig, generate
+
+    generate(SynthConfig(out=str(tmp_path / "seed11"), object="printed_box", frames=1, seed=11, ref_views=0))
+    scene = BopDataset(tmp_path / "seed11").scene("test", 0)
+    gt = scene.gt(0)[0]
+    frame = Frame.validated(scene.rgb(0), scene.camera(0).K, scene.depth(0))
+    data = Path(__file__).resolve().parent.parent / "gs2pose_ros" / "data" / "printed_box"
+    tr = PoseTracker.from_files(data / "model.ply", data / "posenet.safetensors", device="cpu")
+    est = tr.estimate(frame)
+    R, t = est.T_cam_obj[:3, :3], est.T_cam_obj[:3, 3]
+    rot_deg = np.degrees(np.arccos(np.clip((np.trace(R.T @ gt.R) - 1) / 2, -1, 1)))
+    assert est.pose_valid and rot_deg < 5.0 and np.linalg.norm(t - gt.t) < 0.1 * tr.diameter, (est.confidence, rot_deg)
+    tr.coarse.surface_candidates = 0  # the network's candidates alone
+    coarse = tr.coarse.estimate(frame)
+    assert all(np.linalg.norm(c.T_cam_obj[:3, 3] - gt.t) > 0.2 for c in [coarse] + coarse.alternatives
+               if c.T_cam_obj is not None)
+
+
 @pytest.mark.slow
 # Was a known failure (xfail): the refinement pulled the pose off the mug (photometric terms over
 # occluded and background pixels), the ICP matched the outer bottom to the inner floor (7 mm bias)
@@ -360,6 +385,65 @@ def test_the_second_candidate_is_refined_and_turned_back_like_the_first(seq_leav
     assert est.pose_valid and err.correct and err.re < 3.0, (est.confidence, err)
 
 
+class _TwoReadingsCoarse(_TinyMaskCoarse):
+    """Pose-Net reading the object two ways from two crops (the mug, generated seed 11, frame 59:
+    149 deg off from one, 5 deg from the other, both at coarse confidence ~0): the unsure best
+    candidate half-turned onto the box's symmetry, a distractor 25 cm away, then the truth."""
+
+    def estimate(self, frame, roi=None):
+        from tracking_data import CoarseResult
+
+        right = super().estimate(frame, roi)
+        turned = _HalfTurnCoarse(self.seq).estimate(frame, roi).T_cam_obj
+        distractor = right.T_cam_obj.copy()
+        distractor[0, 3] += 0.25 if distractor[0, 3] < 0 else -0.25
+        first = CoarseResult(turned, 0.05, None)
+        first.alternatives = [CoarseResult(distractor, 0.0, None), CoarseResult(right.T_cam_obj, 0.0, None)]
+        return first
+
+
+def test_an_unsure_detection_gets_a_second_opinion_on_the_same_object(seq_leave, monkeypatch):
+    """An accepted detection from an unsure coarse pose is weighed against a later candidate on
+    the same object that reads the rotation otherwise (``RIVAL_MAX_DIST``, ``RIVAL_MIN_DEG``)."""
+    import gs2pose_ros.tracker as tracker_module
+
+    config = dict(FAST, try_flips=False)  # the half-turn check would find this turn as well
+    est = PoseTracker(seq_leave.model, seq_leave.meta, coarse=_TwoReadingsCoarse(seq_leave), config=config,
+                      device="cpu").estimate(seq_leave.frames[0])
+    err = _err(seq_leave, 0, est)
+    assert est.pose_valid and err.correct and err.re < 3.0, (est.confidence, err)
+    monkeypatch.setattr(tracker_module, "RIVAL_MIN_DEG", 181.0)  # no second opinion: the turned pose
+    est = PoseTracker(seq_leave.model, seq_leave.meta, coarse=_TwoReadingsCoarse(seq_leave), config=config,
+                      device="cpu").estimate(seq_leave.frames[0])
+    assert not _err(seq_leave, 0, est).correct, est.confidence
+
+
+class _ConfidentDistractorCoarse(_DistractorFirstCoarse):
+    """A full-frame pass whose one candidate is a distractor it is confident about (the toy beside
+    a distractor the network put first at 0.595: generated seed 11, frame 6), so it tries no
+    surfaces."""
+
+    def estimate(self, frame, roi=None):
+        first = super().estimate(frame, roi)
+        self.truth = first.alternatives[0]
+        first.confidence, first.alternatives = 0.9, []
+        return first
+
+
+class _SurfacesWhenAskedCoarse(_ConfidentDistractorCoarse):
+    """... with the object's own surface when asked (``surface_estimates``)."""
+
+    def surface_estimates(self, frame):
+        return [self.truth]
+
+
+def test_a_refuted_confident_candidate_sends_the_detection_to_the_surfaces(seq_leave):
+    for coarse, found in ((_SurfacesWhenAskedCoarse(seq_leave), True), (_ConfidentDistractorCoarse(seq_leave), False)):
+        est = PoseTracker(seq_leave.model, seq_leave.meta, coarse=coarse, config=FAST, device="cpu").estimate(
+            seq_leave.frames[0])
+        assert (est.pose_valid and _err(seq_leave, 0, est).correct) == found, (type(coarse), est.confidence)
+
+
 def test_a_detection_on_the_box_symmetry_is_turned_back(seq_leave):
     # without the half-turn check this flipped pose refines to a valid 0.81 at 180 deg
     tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=_HalfTurnCoarse(seq_leave), config=FAST, device="cpu")
@@ -416,6 +500,35 @@ def test_a_half_turn_replaces_a_detection_only_on_clearly_better_texture():
     assert choose_half_turn(det, [_turn_result(0.95, 0.45)]).confidence == 0.95
     assert choose_half_turn(det, [_turn_result(0.95, 0.3)]) is det  # too little texture agreement
     assert choose_half_turn(det, [_turn_result(0.95, 0.9, render_std=0.0)]) is det  # plain render
+
+
+def test_half_turns_are_skipped_only_where_they_cannot_win():
+    """``_half_turns_cannot_win`` spares the half-turn check only where :func:`choose_half_turn`
+    keeps the detection whatever the half-turns score."""
+    from gs2pose_ros.tracker import choose_half_turn
+
+    rng = np.random.default_rng(0)
+    turns = [_turn_result(c, n, s) for c, n, s in zip(rng.uniform(0, 1, 400), rng.uniform(-1, 1, 400),
+                                                       rng.choice([0.0, 0.05, 0.2], 400))]
+    turns += [_turn_result(1.0, 1.0), _turn_result(0.999, 0.999)]
+    skipped = 0
+    for c in (0.5, 0.85, 0.9, 0.95, 0.999):
+        for n in (0.5, 0.79, 0.8, 0.81, 0.95):
+            det = _turn_result(c, n)
+            if PoseTracker._half_turns_cannot_win(det):
+                skipped += 1
+                assert all(choose_half_turn(det, [t]) is det for t in turns), (c, n)
+            else:  # just outside the bounds a half-turn can win
+                assert c < 0.9 or n <= 0.8
+    assert skipped == 3 * 2
+    # a sliver's half-turns are always checked: its rule reads their NCC
+    sliver = _turn_result(0.99, 0.95)
+    sliver.diagnostics["in_image_fraction"] = 0.15
+    assert not PoseTracker._half_turns_cannot_win(sliver)
+    det = _turn_result(0.89, 0.95)
+    assert choose_half_turn(det, [_turn_result(1.0, 0.5)]) is not det
+    det = _turn_result(0.99, 0.8)
+    assert choose_half_turn(det, [_turn_result(0.99, 1.0)]) is not det
 
 
 class _TruthCoarse:
