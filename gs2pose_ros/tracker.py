@@ -364,8 +364,7 @@ class PoseTracker:
             r = choose_half_turn(r, [r2])
             r.diagnostics["second_opinion"] = 1.0
         d = r.diagnostics
-        seen = d.get("in_image_fraction", 1.0) * d.get("visible_fraction", 1.0)
-        if seen < DETECT_MIN_SEEN and r.confidence > self._worth_a_second_look:
+        if _seen(d) < DETECT_MIN_SEEN and r.confidence > self._worth_a_second_look:
             if self._texture_tells_half_turns(frame, d):
                 d["sliver_told_by_texture"] = float(d["ncc"])
             else:
@@ -422,9 +421,8 @@ class PoseTracker:
         1 to beat its own by ``FLIP_NCC_MARGIN``. Not for a sliver (under ``DETECT_MIN_SEEN``
         seen), whose rule reads the half-turns' NCC."""
         d = r.diagnostics
-        seen = d.get("in_image_fraction", 1.0) * d.get("visible_fraction", 1.0)
         return r.confidence >= 1.0 - FLIP_TIE and d.get("ncc", 0.0) > 1.0 - FLIP_NCC_MARGIN \
-            and seen >= DETECT_MIN_SEEN
+            and _seen(d) >= DETECT_MIN_SEEN
 
     @staticmethod
     def _clearly_textured(frame: Frame, d: dict) -> bool:
@@ -775,6 +773,11 @@ class PoseTracker:
             label += f" ({estimate.reason.name.lower().replace('_', ' ')})"
         cv2.putText(img, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, tuple(int(v) for v in colour), 1, cv2.LINE_AA)
         return img
+
+
+def _seen(d: dict) -> float:
+    """Share of a pose's silhouette inside the image and unoccluded, from its diagnostics ``d``."""
+    return d.get("in_image_fraction", 1.0) * d.get("visible_fraction", 1.0)
 
 
 def _reason(result: RefineResult) -> NotValidReason:
