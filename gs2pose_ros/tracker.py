@@ -339,8 +339,8 @@ class PoseTracker:
             refined += 1
             if r is None or r2.confidence > r.confidence:
                 r, source = r2, cand
-        if (r is None or r.confidence < self.config.accept_threshold) and hasattr(self.coarse, "surface_estimates") \
-                and "surfaces" not in (getattr(c, "stages", None) or {}):
+        if (r is None or r.confidence < self.config.accept_threshold) and frame.depth is not None \
+                and hasattr(self.coarse, "surface_estimates") and "surfaces" not in (getattr(c, "stages", None) or {}):
             # the coarse stage stopped at a confident candidate that the refinement refuted (the toy
             # beside a distractor the network put first at 0.595: generated seed 11, frame 6): the
             # object-sized surfaces it did not try
