@@ -232,16 +232,21 @@ def texture_tells_turn(pose: dict, turned: dict) -> bool:
     return texture_weight(pose) >= 0.5 and pose.get("ncc", 0.0) >= turned.get("ncc", 0.0) + FLIP_NCC_MARGIN
 
 
-def rival_ncc(chosen: RefineResult, candidates: list, metadata: ObjectMetadata) -> float:
-    """The best NCC among ``candidates`` (refined poses) other than ``chosen`` that are another
-    pose: more than 15 deg from it up to the object's symmetries (a can turned about its axis is
-    the same can). 0 when there is none. The sliver rule of :meth:`PoseTracker._detect` reads it."""
+def _turned_apart(T_a: np.ndarray, T_b: np.ndarray, metadata: ObjectMetadata, deg: float) -> bool:
+    """Whether two poses' rotations differ by more than ``deg`` up to the object's symmetries (a
+    can turned about its axis is the same can)."""
     from gs2pose_ros.posenet.evaluate import symmetric_rotation_error_deg  # (as _load_coarse: optional)
 
-    R = chosen.T_cam_obj[:3, :3]
-    return max((c.diagnostics.get("ncc", 0.0) for c in candidates if c is not chosen and
-                symmetric_rotation_error_deg(c.T_cam_obj[:3, :3], R, metadata.symmetries_continuous,
-                                             metadata.symmetries_discrete) > 15.0), default=0.0)
+    return symmetric_rotation_error_deg(T_a[:3, :3], T_b[:3, :3], metadata.symmetries_continuous,
+                                        metadata.symmetries_discrete) > deg
+
+
+def rival_ncc(chosen: RefineResult, candidates: list, metadata: ObjectMetadata) -> float:
+    """The best NCC among ``candidates`` (refined poses) other than ``chosen`` that are another
+    pose: more than 15 deg from it up to the object's symmetries (:func:`_turned_apart`). 0 when
+    there is none. The sliver rule of :meth:`PoseTracker._detect` reads it."""
+    return max((c.diagnostics.get("ncc", 0.0) for c in candidates
+                if c is not chosen and _turned_apart(c.T_cam_obj, chosen.T_cam_obj, metadata, 15.0)), default=0.0)
 
 
 class PoseTracker:
@@ -326,19 +331,9 @@ class PoseTracker:
         # re-entering: 0.004 at 2 deg / 1 mm), and the first two may have no pose at all (the
         # toy re-entering by a pole, generated seed 11 frame 50: the surface's pose 69 deg off at
         # 0.02 came third), so the refined confidence decides
-        r: Optional[RefineResult] = None
-        iterations = 0
         candidates = [cand for cand in [c] + list(getattr(c, "alternatives", None) or [])
                       if getattr(cand, "T_cam_obj", None) is not None and np.all(np.isfinite(cand.T_cam_obj))]
-        source, refined = None, 0
-        for cand in candidates[:DETECT_CANDIDATES]:
-            if r is not None and r.confidence >= self.config.accept_threshold:
-                break
-            r2 = self._refine_detection(frame, cand, cand is c, stages)
-            iterations += r2.iterations
-            refined += 1
-            if r is None or r2.confidence > r.confidence:
-                r, source = r2, cand
+        r, source, refined, iterations = self._refine_until_accepted(frame, candidates, c, None, None, stages)
         if (r is None or r.confidence < self.config.accept_threshold) and frame.depth is not None \
                 and hasattr(self.coarse, "surface_estimates") and "surfaces" not in (getattr(c, "stages", None) or {}):
             # the coarse stage stopped at a confident candidate that the refinement refuted (the toy
@@ -347,13 +342,8 @@ class PoseTracker:
             t0 = time.perf_counter()
             more = [s for s in self.coarse.surface_estimates(frame) if s.T_cam_obj is not None]
             stages["posenet"] = stages.get("posenet", 0.0) + time.perf_counter() - t0
-            for cand in more[:DETECT_CANDIDATES]:
-                r2 = self._refine_detection(frame, cand, False, stages)
-                iterations += r2.iterations
-                if r is None or r2.confidence > r.confidence:
-                    r, source = r2, cand
-                if r.confidence >= self.config.accept_threshold:
-                    break
+            r, source, _, more_iterations = self._refine_until_accepted(frame, more, c, r, source, stages)
+            iterations += more_iterations
         if r is None:
             return None, 0
         rival = self._rival_on_the_same_object(source, candidates, refined) \
@@ -371,6 +361,23 @@ class PoseTracker:
                 d["confidence_before_sliver_rule"] = float(r.confidence)
                 r.confidence = self._worth_a_second_look
         return r, iterations
+
+    def _refine_until_accepted(self, frame: Frame, candidates: list, best, r: Optional[RefineResult], source,
+                               stages: dict) -> tuple:
+        """The first ``DETECT_CANDIDATES`` of ``candidates`` refined (:meth:`_refine_detection`;
+        ``best``: the coarse stage's best) while the most confident result so far, ``r`` (from
+        candidate ``source``), is under ``accept_threshold``. Returns ``(r, source, candidates
+        refined, iterations)``."""
+        refined = iterations = 0
+        for cand in candidates[:DETECT_CANDIDATES]:
+            if r is not None and r.confidence >= self.config.accept_threshold:
+                break
+            r2 = self._refine_detection(frame, cand, cand is best, stages)
+            iterations += r2.iterations
+            refined += 1
+            if r is None or r2.confidence > r.confidence:
+                r, source = r2, cand
+        return r, source, refined, iterations
 
     def _refine_detection(self, frame: Frame, cand, best: bool, stages: dict) -> RefineResult:
         """One coarse candidate refined (:meth:`_refine_candidate`) and weighed against its
@@ -393,18 +400,12 @@ class PoseTracker:
         ``candidate_confidence``) candidate ``source`` of an accepted detection does, within
         ``RIVAL_MAX_DIST`` diameters, turned by more than ``RIVAL_MIN_DEG``: a second opinion on the
         rotation (None if there is none)."""
-        from gs2pose_ros.posenet.evaluate import symmetric_rotation_error_deg  # (as rival_ncc)
-
         if getattr(source, "confidence", 1.0) >= getattr(self.coarse, "candidate_confidence", 0.5):
             return None
         T = source.T_cam_obj
-        for cand in candidates[refined:]:
-            Tc = cand.T_cam_obj
-            if np.linalg.norm(Tc[:3, 3] - T[:3, 3]) < RIVAL_MAX_DIST * self.diameter and \
-                    symmetric_rotation_error_deg(Tc[:3, :3], T[:3, :3], self.metadata.symmetries_continuous,
-                                                 self.metadata.symmetries_discrete) > RIVAL_MIN_DEG:
-                return cand
-        return None
+        return next((cand for cand in candidates[refined:]
+                     if np.linalg.norm(cand.T_cam_obj[:3, 3] - T[:3, 3]) < RIVAL_MAX_DIST * self.diameter
+                     and _turned_apart(cand.T_cam_obj, T, self.metadata, RIVAL_MIN_DEG)), None)
 
     def _plausible(self, r: RefineResult, depth_fit: bool = True) -> bool:
         """Whether a refined detection is worth its half-turn check (:meth:`_best_flip`): it scores

@@ -420,6 +420,11 @@ def letterbox(rgb: np.ndarray, size: int):
 # ----------------------------------------------------------------------------------------------
 
 
+def _pixel_bounds(vs: np.ndarray, us: np.ndarray) -> tuple:
+    """Box ``(x0, y0, x1, y1)`` (float, exclusive end) around the pixels at rows ``vs``, columns ``us``."""
+    return float(us.min()), float(vs.min()), float(us.max() + 1), float(vs.max() + 1)
+
+
 @dataclass
 class CoarsePose:
     """One coarse pose estimate.
@@ -704,17 +709,14 @@ class CoarsePoseEstimator:
         flat = on_plane(frame.depth, frame.K, plane, self.support_plane_tol)
         surfaces = object_sized_surfaces(frame.depth, frame.K, float(self.metadata.diameter), flat)
         H, W = prob.shape
-
-        def rating(m):
+        rated = []
+        for m in surfaces:
             vs, us = np.nonzero(m)
-            return float(prob[np.minimum((vs * scale).astype(int), H - 1),
-                              np.minimum((us * scale).astype(int), W - 1)].mean())
-
-        out = []
-        for m in sorted(surfaces, key=rating, reverse=True)[:self.surface_candidates]:
-            vs, us = np.nonzero(m)
-            out.append(((float(us.min()), float(vs.min()), float(us.max() + 1), float(vs.max() + 1)), m))
-        return out
+            rating = float(prob[np.minimum((vs * scale).astype(int), H - 1),
+                                np.minimum((us * scale).astype(int), W - 1)].mean())
+            rated.append((rating, _pixel_bounds(vs, us), m))
+        rated.sort(key=lambda x: -x[0])  # (stable: equal ratings keep the largest first)
+        return [(box, m) for _, box, m in rated[:self.surface_candidates]]
 
     def _estimate_in(self, frame, box, full_frame: bool, stages: dict, keep=None) -> CoarsePose:
         """Crop passes and the pose for one candidate box ``(x0, y0, x1, y1)`` (frame pixels);
@@ -852,8 +854,7 @@ class CoarsePoseEstimator:
                                        radius=float(self.metadata.diameter))
         if grown.sum() < self.GROW_MIN_RATIO * n_seed:
             return crop_box, crop, K_crop, pred, None
-        vs, us = np.nonzero(grown)
-        box = (float(us.min()), float(vs.min()), float(us.max() + 1), float(vs.max() + 1))
+        box = _pixel_bounds(*np.nonzero(grown))
         x0, y0, w, h = crop_box
         if box[0] < x0 or box[1] < y0 or box[2] > x0 + w or box[3] > y0 + h:
             crop_box, crop, K_crop = self._crop(frame, box)
