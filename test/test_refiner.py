@@ -7,7 +7,7 @@ import torch
 from gs2pose_ros.refiner import GSRefiner, RefinerConfig, apply_twist, combine_confidence
 from gs2pose_ros.lie import se3_exp
 
-from tracking_data import make_sequence, occluded_box_pair, perturb
+from tracking_data import hide_both_ends, make_sequence, occluded_box_pair, perturb
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +289,83 @@ def test_icp_step_on_pairs_that_share_one_model_point_stays_finite():
     assert np.linalg.norm(Tn[:3, 3] - T[:3, 3]) <= 0.01 + 1e-9
     cos = (np.trace(Tn[:3, :3] @ T[:3, :3].T) - 1) / 2
     assert np.degrees(np.arccos(min(cos, 1.0))) <= 3.0 + 1e-3  # the step's trust region
+
+
+def embedded_in_a_surface(frame, T, ref, reach: int = 12):
+    """``frame`` with the depth around the object's silhouette at ``T`` (``reach`` pixels) set to
+    the depth of the nearest object pixel: the object flush with its surroundings, as a pose
+    fitted into a surface is (a toy fitted to a mat 2.2 m away, generated seed 12, frame 40)."""
+    from scipy import ndimage
+
+    from gs2pose_ros.frame import Frame
+    from gs2pose_ros.render import render
+
+    K = torch.as_tensor(frame.K, dtype=torch.float32)
+    out = render(ref.model, torch.as_tensor(T, dtype=torch.float32), K, frame.width, frame.height)
+    # the object's own pixels: under the render and at its depth (the render's rim shows background)
+    obj = (out.alpha > 0.5).numpy() & (np.abs(frame.depth - out.depth.numpy()) < 0.01)
+    dist, (iy, ix) = ndimage.distance_transform_edt(~obj, return_indices=True)
+    d = frame.depth.copy()
+    near = (dist > 0) & (dist <= reach)
+    d[near] = frame.depth[iy[near], ix[near]]
+    return Frame.validated(frame.rgb, frame.K, d, stamp=frame.stamp)
+
+
+def test_a_pose_flush_with_its_surroundings_is_not_confirmed(box_plain_seq, monkeypatch):
+    """Nowhere around the silhouette does the scene recede behind the object's edge: the pose is
+    fitted into a surface, not standing on one. Same frame, same pose, the background behind it
+    as generated: confirmed."""
+    import gs2pose_ros.refiner as refiner_module
+
+    seq = box_plain_seq
+    ref = GSRefiner(seq.model, seq.meta)
+    f, T = seq.frames[0], seq.poses[0]
+    free = ref.score(f, T)
+    assert free.confidence > 0.9 and free.diagnostics["ring_behind_fraction"] > 0.3
+    flush = ref.score(embedded_in_a_surface(f, T, ref), T)
+    assert flush.diagnostics["ring_pixels"] >= refiner_module.RING_MIN_PIXELS
+    assert flush.diagnostics["ring_behind_fraction"] < 0.02 and flush.confidence < 0.05
+    monkeypatch.setattr(refiner_module, "RING_MIN_PIXELS", 10 ** 9)  # the rule off
+    assert ref.score(embedded_in_a_surface(f, T, ref), T).confidence > 0.9
+
+
+def test_slide_along_print_finds_a_box_slid_along_its_hidden_length(box_plain_seq):
+    """Both ends of the box hidden: the depth fits it anywhere along its length (generated seed 12,
+    frame 51, tracked 57 mm off at 0.99 between a pole and the image border); the print does not.
+    From the true pose nothing is moved; without depth nothing is tried."""
+    from gs2pose_ros.frame import Frame
+
+    seq = box_plain_seq
+    ref = GSRefiner(seq.model, seq.meta)
+    f, T = seq.frames[0], seq.poses[0]
+    hidden = hide_both_ends(f, T, keep=0.045)
+    for off in (-0.03, -0.04):  # 0.16 and 0.21 diameters
+        T0 = T.copy()
+        T0[:3, 3] += off * T[:3, 0]
+        assert ref.score(hidden, T0).confidence > 0.95  # the geometry cannot tell (measured 0.97-0.99)
+        found = ref.slide_along_print(hidden, T0)
+        assert found is not None, off
+        T_moved, info = found
+        assert info["axis"] == 0 and info["ncc_after"] > info["ncc_before"] + 0.15
+        assert np.linalg.norm(T_moved[:3, 3] - T[:3, 3]) < 0.01, (off, info)
+    assert ref.slide_along_print(hidden, T) is None
+    assert ref.slide_along_print(Frame.validated(hidden.rgb, hidden.K, None), T) is None
+
+
+def test_ring_behind_counts_the_ring_pixels_behind_the_edge():
+    """A 20x20 px render at 1 m in a 64 px crop: the ring 2-3 px outside it, behind when farther
+    than the tolerance from the render's depth next to it; invalid depth and the rest not counted."""
+    from gs2pose_ros.refiner import _ring_behind
+
+    rmask = torch.zeros(64, 64, dtype=torch.bool)
+    rmask[22:42, 22:42] = True
+    zr = torch.where(rmask, torch.tensor(1.0), torch.tensor(0.0))
+    depth = torch.full((64, 64), 1.005)
+    valid = torch.ones(64, 64, dtype=torch.bool)
+    n, behind = _ring_behind(rmask, zr, depth, valid, 0.01)
+    assert n == 26 * 26 - 22 * 22 and behind == 0.0  # flush within 1 cm
+    assert _ring_behind(rmask, zr, depth, valid, 0.003)[1] == 1.0  # a thin object's tolerance
+    depth[:, 32:] = 1.5  # the right half of the ring recedes
+    valid[:2] = False  # (not in the ring: no effect)
+    n2, behind2 = _ring_behind(rmask, zr, depth, valid, 0.01)
+    assert n2 == n and behind2 == pytest.approx(0.5)

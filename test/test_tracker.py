@@ -258,6 +258,45 @@ def test_slide_along_the_box_is_corrected_while_an_occluder_covers_one_end():
     assert max(errs) < 0.004, np.round(np.array(errs) * 1000, 1)
 
 
+@pytest.mark.parametrize("slid", [-0.03, -0.04])
+def test_a_track_slid_along_a_box_with_both_ends_hidden_comes_back(slid):
+    """Both ends of the box hidden (generated seed 12, frame 51: a pole and the image border): the
+    step's ICP and depth fit the box anywhere along its length, and the track went on 57 mm off at
+    0.99. The slide search moves it to where the print correlates and the step refines it there."""
+    from tracking_data import hide_both_ends
+
+    seq = make_sequence("printed_box", 3, seed=11, width=320, height=240, n_gaussians=3000)
+    tr = PoseTracker(seq.model, seq.meta, config={}, device="cpu")
+    T = seq.poses[0]
+    T0 = T.copy()
+    T0[:3, 3] += slid * T[:3, 0]
+    tr.seed(T0)
+    est = tr.track(hide_both_ends(seq.frames[0], T, keep=0.045))
+    assert est.pose_valid and "slide" in est.stages
+    assert np.linalg.norm(est.T_cam_obj[:3, 3] - T[:3, 3]) < 0.006, (est.T_cam_obj[:3, 3] - T[:3, 3], est.diagnostics)
+
+
+def test_a_tracking_step_is_searched_for_a_slide_when_its_print_fell_away():
+    """In a running track the slide search runs when the step's NCC fell ``SLIDE_NCC_DROP`` below
+    the last accepted pose's (printed_box seed 12 frame 51: 0.60 -> 0.31), not on every partly
+    hidden step (that doubled the step's median on occluded sequences)."""
+    from tracking_data import hide_both_ends
+
+    seq = make_sequence("printed_box", 3, seed=11, width=320, height=240, n_gaussians=3000)
+    T = seq.poses[0]
+    hidden = hide_both_ends(seq.frames[0], T, keep=0.045)
+    T0 = T.copy()
+    T0[:3, 3] -= 0.035 * T[:3, 0]
+    for ncc_prev, searched in ((0.55, True), (0.3, False)):
+        tr = PoseTracker(seq.model, seq.meta, config={}, device="cpu")
+        tr.seed(T)
+        assert tr.track(hidden).pose_valid
+        tr._T_prev, tr._T_prev2, tr._ncc_prev = T0, None, ncc_prev  # the track slid, its print was ncc_prev
+        est = tr.track(hidden)
+        err = np.linalg.norm(est.T_cam_obj[:3, 3] - T[:3, 3])
+        assert ("slide" in est.stages) == searched and (err < 0.006) == searched, (ncc_prev, err, est.stages)
+
+
 class _TinyMaskCoarse:
     """The ground-truth pose with a Pose-Net-like mask that covers only a 5x5 px patch of the object
     (an under-trained network's mask), as on the demo's printed_box frame 7."""
@@ -442,6 +481,37 @@ def test_a_refuted_confident_candidate_sends_the_detection_to_the_surfaces(seq_l
         est = PoseTracker(seq_leave.model, seq_leave.meta, coarse=coarse, config=FAST, device="cpu").estimate(
             seq_leave.frames[0])
         assert (est.pose_valid and _err(seq_leave, 0, est).correct) == found, (type(coarse), est.confidence)
+
+
+class _ConfidentLaterCoarse(_DistractorFirstCoarse):
+    """A confident distractor first, two unsure distractors, then the truth (the toy re-entering,
+    generated seed 12 frame 51: 0.705 for a distractor, 0.0 and 0.0, then 0.535 at 0.3 deg; seed 13
+    frame 52 alike with the truth at 0.457); ``truth_confidence`` varies the last."""
+
+    def __init__(self, seq, truth_confidence: float):
+        super().__init__(seq)
+        self.truth_confidence = truth_confidence
+
+    def estimate(self, frame, roi=None):
+        from tracking_data import CoarseResult
+
+        first = super().estimate(frame, roi)
+        truth = first.alternatives[0]
+        truth.confidence = self.truth_confidence
+        far = [first.T_cam_obj.copy() for _ in range(2)]
+        far[0][1, 3] += 0.2
+        far[1][1, 3] -= 0.2
+        first.confidence = 0.7
+        first.alternatives = [CoarseResult(T, 0.0, None) for T in far] + [truth]
+        return first
+
+
+def test_a_fairly_sure_candidate_behind_the_first_two_is_refined(seq_leave):
+    for truth_confidence, found in ((0.535, True), (0.3, True), (0.2, False)):
+        coarse = _ConfidentLaterCoarse(seq_leave, truth_confidence)
+        est = PoseTracker(seq_leave.model, seq_leave.meta, coarse=coarse, config=FAST, device="cpu").estimate(
+            seq_leave.frames[0])
+        assert (est.pose_valid and _err(seq_leave, 0, est).correct) == found, (truth_confidence, est.confidence)
 
 
 def test_a_detection_on_the_box_symmetry_is_turned_back(seq_leave):

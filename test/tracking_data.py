@@ -210,3 +210,24 @@ def occluded_box_pair() -> Sequence:
     torch.manual_seed(0)
     return make_sequence("printed_box", 2, seed=11, width=320, height=240, occlusion=True,
                          light_change=True, n_gaussians=3000)
+
+
+def hide_both_ends(frame, T, keep: float = 0.03, gap: float = 0.1):
+    """``frame`` with an occluder ``gap`` in front of everything beyond ``keep`` metres either way
+    along the box's x axis as the image sees it (two wide poles): only the middle of the box shows
+    and nothing in view fixes where along its length it is."""
+    K = frame.K
+
+    def project(p):
+        q = T[:3, :3] @ p + T[:3, 3]
+        return np.array([K[0, 0] * q[0] / q[2] + K[0, 2], K[1, 1] * q[1] / q[2] + K[1, 2]])
+
+    lo, hi = project(np.array([-keep, 0.0, 0.0])), project(np.array([keep, 0.0, 0.0]))
+    axis = (hi - lo) / np.linalg.norm(hi - lo)
+    v, u = np.mgrid[0:frame.height, 0:frame.width]
+    along = (np.stack([u + 0.5, v + 0.5], -1) - lo) @ axis
+    hidden = (along < 0.0) | (along > np.linalg.norm(hi - lo))
+    d, rgb = frame.depth.copy(), frame.rgb.copy()
+    d[hidden] = float(T[2, 3]) - gap
+    rgb[hidden] = 110
+    return Frame.validated(rgb, K, d, stamp=frame.stamp)
