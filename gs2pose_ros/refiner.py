@@ -485,22 +485,32 @@ class GSRefiner:
         self.bbox_min, self.bbox_max = lo, hi
         self.box_centre = 0.5 * (np.asarray(lo, dtype=np.float64) + np.asarray(hi, dtype=np.float64))
         self.corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        # a thin object lying flat stands out of its table by its thickness only (_ring_behind)
+        self._half_thinnest_side = 0.5 * float(np.min(hi - lo))
         self._window = _gauss_window(7, 1.5, self.dtype, self.device)
 
     # -- crop ------------------------------------------------------------------------------------
 
     def crop_for(self, frame: Frame, T: np.ndarray) -> Optional[tuple]:
         """Square crop ``(x0, y0, w, h)`` around the projection of the model's box at ``T``; None
-        when the box is behind the camera."""
-        pc = self.corners @ T[:3, :3].T + T[:3, 3]
-        if np.any(pc[:, 2] <= 0.02):
+        when the box is behind the camera or the crop outside the image."""
+        box = self._crop_around(frame, [T])
+        if box is None:
             return None
-        uv = pc[:, :2] / pc[:, 2:3] * np.array([frame.K[0, 0], frame.K[1, 1]]) + frame.K[:2, 2]
-        x0, y0, w, h = crop_box_around(uv, (frame.width, frame.height), padding=self.config.crop_padding,
-                                       min_size=16.0, shift_inside=False)
+        x0, y0, w, h = box
         if x0 + w <= 0 or y0 + h <= 0 or x0 >= frame.width or y0 >= frame.height:
             return None
         return x0, y0, w, h
+
+    def _crop_around(self, frame: Frame, poses: list) -> Optional[tuple]:
+        """Square crop ``(x0, y0, w, h)`` (``config.crop_padding``) around the projections of the
+        model's box at every pose of ``poses``; None when a box is behind the camera."""
+        pc = np.concatenate([self.corners @ T[:3, :3].T + T[:3, 3] for T in poses])
+        if np.any(pc[:, 2] <= 0.02):
+            return None
+        uv = pc[:, :2] / pc[:, 2:3] * np.array([frame.K[0, 0], frame.K[1, 1]]) + frame.K[:2, 2]
+        return crop_box_around(uv, (frame.width, frame.height), padding=self.config.crop_padding,
+                               min_size=16.0, shift_inside=False)
 
     def _prepare(self, frame: Frame, box: tuple, mask: Optional[np.ndarray], S: int,
                  plane: Optional[np.ndarray] = None):
@@ -551,13 +561,10 @@ class GSRefiner:
             T[:3, 3] += offset * self.diameter * R[:, axis]
             return T
 
-        far = [moved(k, sign * SLIDE_RANGE) for k in range(3) for sign in (-1.0, 1.0)]
-        pc = np.concatenate([self.corners @ T[:3, :3].T + T[:3, 3] for T in [T0] + far])
-        if np.any(pc[:, 2] <= 0.02):
+        box = self._crop_around(frame, [T0] + [moved(k, sign * SLIDE_RANGE) for k in range(3)
+                                               for sign in (-1.0, 1.0)])
+        if box is None:
             return None
-        uv = pc[:, :2] / pc[:, 2:3] * np.array([frame.K[0, 0], frame.K[1, 1]]) + frame.K[:2, 2]
-        box = crop_box_around(uv, (frame.width, frame.height), padding=self.config.crop_padding,
-                              min_size=16.0, shift_inside=False)
         S = int(self.config.crop_size)
         K, obs, depth, inside, ext_mask = self._prepare(frame, box, None, S, self.support_plane(frame, box))
         model = appearance.model if appearance is not None else self.model
@@ -864,11 +871,9 @@ class GSRefiner:
                 diag["visible_fraction"] = (n_valid_r - n_occ) / max(n_valid_r, 1)
                 diag["depth_inlier_ratio"] = int(inl.sum()) / max(n_valid_r - n_occ - n_edge, 1)
                 diag["depth_residual_mm"] = float(((depth - zr).abs()[inl]).mean() * 1000) if int(inl.sum()) else float("nan")
-                # how far the pose stands out of its surroundings (a pose fitted into a surface does
-                # not); a thin object lying flat stands out by its thickness only
-                thin = 0.5 * float(np.min(np.asarray(self.bbox_max) - np.asarray(self.bbox_min)))
-                diag["ring_pixels"], diag["ring_behind_fraction"] = _ring_behind(rmask, zr, depth, valid,
-                                                                                 min(tol, thin))
+                # how far the pose stands out of its surroundings (a pose fitted into a surface does not)
+                diag["ring_pixels"], diag["ring_behind_fraction"] = _ring_behind(
+                    rmask, zr, depth, valid, min(tol, self._half_thinnest_side))
         elif ext_mask is not None:
             # RGB only: Pose-Net's mask is the one evidence of the object's extent. The photometric
             # terms see only the pixels the render covers and barely constrain the distance (a

@@ -357,11 +357,9 @@ class PoseTracker:
         fairly_sure = sorted((cand for cand in candidates[refined:]
                               if getattr(cand, "confidence", 0.0) >= DETECT_LATER_MIN_CONFIDENCE),
                              key=lambda cand: -cand.confidence)
-        if fairly_sure and (r is None or r.confidence < self.config.accept_threshold):
-            # the candidates behind the first ones that the coarse stage is fairly sure of, the
-            # surest first
-            r, source, _, more_iterations = self._refine_until_accepted(frame, fairly_sure, c, r, source, stages)
-            iterations += more_iterations
+        # then the candidates behind those that the coarse stage is fairly sure of, the surest first
+        r, source, _, more_iterations = self._refine_until_accepted(frame, fairly_sure, c, r, source, stages)
+        iterations += more_iterations
         if (r is None or r.confidence < self.config.accept_threshold) and frame.depth is not None \
                 and hasattr(self.coarse, "surface_estimates") and "surfaces" not in (getattr(c, "stages", None) or {}):
             # the coarse stage stopped at a confident candidate that the refinement refuted (the toy
