@@ -16,7 +16,13 @@ States (:class:`~gs2pose_ros.frame.TrackingState`):
   (kept when it scores better); the last accepted pose stays the warm start; after ``lost_after``
   consecutive low frames the state becomes ``LOST``.
 * ``LOST``: re-detects from scratch on every frame (no timer) until a confident pose is found,
-  then ``TRACKING`` again with a fresh motion model and a fresh appearance copy.
+  then ``TRACKING`` again with a fresh motion model and a fresh appearance copy. For
+  ``resume_frames`` frames after the last accepted pose, a frame whose re-detection confirms
+  nothing also refines that pose (an object back where it was last seen, cut by the image border).
+
+A tracking step whose clearly textured render's colour correlation (NCC) collapses by
+``TRACK_NCC_COLLAPSE`` from the last accepted pose's is not valid whatever its confidence; a
+confirmed re-detection in the same frame replaces it.
 
 ``pose_valid`` is True only when the confidence of this frame's pose is at least
 ``valid_threshold``; while the object is out of view the render covers no consistent depth, the
@@ -121,6 +127,16 @@ SLIDE_MAX_SEEN = 0.75
 #: searching all of them took printed_box seed 7's step median from 59 to 112 ms), or after
 #: :meth:`PoseTracker.seed` (no NCC to compare with). Detections are always searched.
 SLIDE_NCC_DROP = 0.15
+#: A pose resumed from the last accepted one (:meth:`PoseTracker._resume`) with a clearly
+#: textured render is confirmed only with at least this NCC: the network did not find it, so the
+#: print must (right resumes, generated seeds 7-13: 0.66-0.95; one 20 deg off at 0.919: 0.40).
+RESUME_MIN_NCC = 0.55
+#: A clearly textured tracking step whose NCC fell by this much from the last accepted pose's has
+#: slid into a wrong fit the geometry accepts (toy, generated seed 12 frame 51: the object 60 mm
+#: on in one frame, refined 36 deg off at 0.978 with NCC 0.88 -> 0.38): it is not valid, and a
+#: re-detection confirmed beside it replaces it. Right textured steps of the 21 session-10
+#: tracking runs fell by at most 0.18 (716 steps).
+TRACK_NCC_COLLAPSE = 0.3
 
 __all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "rival_ncc", "texture_tells_turn", "resolve_device",
            "load_object_model"]
@@ -149,6 +165,11 @@ class TrackerConfig:
     # (a mug's body) does not start a track and is no valid estimate: the features that fix that
     # rotation are out of sight
     check_axis_ambiguity: bool = True
+    # while LOST, when a re-detection finds nothing confirmed, the last accepted pose is refined as
+    # a detection candidate of its own, for this many frames after it was accepted (0 turns this
+    # off): an object comes back where it was last seen (the camera turning away and back) at the
+    # image border, where the network puts no candidate on it (PoseTracker._resume)
+    resume_frames: int = 30
     num_threads: int = 0  # torch CPU threads (0 = leave torch's setting)
     refiner: dict = field(default_factory=dict)
     # keyword options of the coarse stage (CoarsePoseEstimator), e.g. {"locate_size": 320} for an
@@ -165,6 +186,8 @@ class TrackerConfig:
             raise ConfigError("tracker thresholds must lie in [0, 1]")
         if cfg.lost_after < 1:
             raise ConfigError(f"tracker lost_after = {cfg.lost_after} must be >= 1")
+        if cfg.resume_frames < 0:
+            raise ConfigError(f"tracker resume_frames = {cfg.resume_frames} must be >= 0 (0: off)")
         return cfg
 
 
@@ -320,6 +343,8 @@ class PoseTracker:
         self._T_prev: Optional[np.ndarray] = None
         self._T_prev2: Optional[np.ndarray] = None
         self._stamp_prev = self._stamp_prev2 = 0.0  # Frame.stamp of _T_prev and _T_prev2
+        self._frame_prev = 0  # frames_seen when _T_prev was accepted
+        self._velocity_waits = False  # True from a resumed pose to the first tracking step after it
         self._ncc_prev: Optional[float] = None  # the NCC of _T_prev's render (None: no track)
         self._low = 0
         self._seeded = False
@@ -381,6 +406,13 @@ class PoseTracker:
             r.diagnostics["second_opinion"] = 1.0
         r, slide_iterations = self._slid_along_print(frame, r, getattr(r, "_appearance", None), stages)
         iterations += slide_iterations
+        self._hold_sliver(frame, r)
+        return r, iterations
+
+    def _hold_sliver(self, frame: Frame, r: RefineResult) -> None:
+        """A detection ``r`` seen under ``DETECT_MIN_SEEN`` is held at ``_worth_a_second_look``
+        (not confirmed) unless its print tells it from its half-turns
+        (:meth:`_texture_tells_half_turns`)."""
         d = r.diagnostics
         if _seen(d) < DETECT_MIN_SEEN and r.confidence > self._worth_a_second_look:
             if self._texture_tells_half_turns(frame, d):
@@ -388,7 +420,39 @@ class PoseTracker:
             else:
                 d["confidence_before_sliver_rule"] = float(r.confidence)
                 r.confidence = self._worth_a_second_look
-        return r, iterations
+
+    def _resume(self, frame: Frame, stages: dict) -> Optional[RefineResult]:
+        """While LOST, within ``resume_frames`` frames of the last accepted pose: that pose refined
+        as a detection candidate (:meth:`_refine_candidate`; no motion prediction: the gap is
+        long) and, when it reaches ``accept_threshold``, weighed against its half-turns
+        (:meth:`_best_flip`); held unconfirmed when a clearly textured render correlates under
+        ``RESUME_MIN_NCC``; the sliver rule applied (:meth:`_hold_sliver`). None when there is
+        nothing to resume or a half-turn of it correlates better: the object turned while out of
+        sight, which the last pose says nothing about (a printed_box back as a 12 % sliver whose
+        half-turn correlated at 0.64 against 0.42, generated seed 7 frame 50).
+
+        The network finds nothing on an object re-entering the view as a 12-30 % sliver at the
+        border (generated seeds 7-13), where the last pose, 9-21 deg and 13-120 mm from the
+        re-entry pose, refines to within 5 deg / 5 mm (docs/tracking.md, session 11)."""
+        if self.state != TrackingState.LOST or self._T_prev is None \
+                or self.frames_seen - self._frame_prev > self.config.resume_frames:
+            return None
+        # (its time counts in the "refine" and "flips" stages, as a detection candidate's)
+        r = self._refine_candidate(frame, self._T_prev.copy(), None, stages)
+        # the half-turns only for a pose that could be confirmed (a turned one is dropped anyway):
+        # most lost frames are out of view, where this saves ~0.9 s of four refinements
+        if r.confidence >= self.config.accept_threshold and self.config.try_flips \
+                and not self._half_turns_cannot_win(r):
+            r = self._best_flip(frame, r, stages)
+            if "flipped_about" in r.diagnostics:
+                return None
+        d = r.diagnostics
+        d["resumed_after_frames"] = float(self.frames_seen - self._frame_prev)
+        if self._clearly_textured(frame, d) and d.get("ncc", 0.0) < RESUME_MIN_NCC:
+            d["texture_not_seen"] = float(d.get("ncc", 0.0))
+            r.confidence = min(r.confidence, self._worth_a_second_look)
+        self._hold_sliver(frame, r)
+        return r
 
     def _refine_until_accepted(self, frame: Frame, candidates: list, best, r: Optional[RefineResult], source,
                                stages: dict) -> tuple:
@@ -463,6 +527,16 @@ class PoseTracker:
                 r = r2
         stages["slide"] = stages.get("slide", 0.0) + time.perf_counter() - t0
         return r, spent
+
+    def _ncc_collapsed(self, frame: Frame, r: RefineResult) -> bool:
+        """Whether the tracking step ``r`` has a clearly textured render whose NCC fell by
+        ``TRACK_NCC_COLLAPSE`` from the last accepted pose's (then marked ``ncc_fell_from``)."""
+        d = r.diagnostics
+        if self._ncc_prev is None or not self._clearly_textured(frame, d) \
+                or d.get("ncc", 1.0) > self._ncc_prev - TRACK_NCC_COLLAPSE:
+            return False
+        d["ncc_fell_from"] = float(self._ncc_prev)
+        return True
 
     def _plausible(self, r: RefineResult, depth_fit: bool = True) -> bool:
         """Whether a refined detection is worth its half-turn check (:meth:`_best_flip`): it scores
@@ -667,15 +741,27 @@ class PoseTracker:
         T[:3, 3] = T1[:3, 3] + k * dt
         return T
 
-    def _accept(self, r: RefineResult, new_track: bool, stamp: float) -> None:
+    def _accept(self, r: RefineResult, new_track: bool, stamp: float, resumed: bool = False) -> None:
+        """``r`` becomes the last accepted pose (``new_track``: a detection, or ``resumed`` from the
+        last pose, starting a track with ``r``'s appearance copy)."""
         if new_track:
             app = getattr(r, "_appearance", None)
             if app is not None:
                 self.appearance = app
             self._T_prev2 = None
+            # the motion from a resumed pose to the first step measures the correction of that
+            # pose (refined on a sliver) more than the object's motion: the constant-velocity
+            # prediction then waits for two tracking steps (mug seed 13 frames 51-59: extrapolating
+            # a 7-deg correction drifted the track to 23 deg about the body axis; with the wait
+            # 0.2-0.7 deg from frame 54 on)
+            self._velocity_waits = resumed
+        elif self._velocity_waits:
+            self._T_prev2 = None
+            self._velocity_waits = False
         else:
             self._T_prev2, self._stamp_prev2 = self._T_prev, self._stamp_prev
         self._T_prev, self._stamp_prev = r.T_cam_obj.copy(), float(stamp)
+        self._frame_prev = self.frames_seen
         self._ncc_prev = r.diagnostics.get("ncc")
         self._low = 0
         self.state = TrackingState.TRACKING
@@ -736,32 +822,39 @@ class PoseTracker:
             # reach the detection threshold, and a re-detection is tried beside it (one recovered
             # mug pose at 0.53 was 22 mm off where the re-detection found it at 0.99)
             doubtful = recovered and result.confidence < cfg.recover_below
+            # a step whose print stopped correlating is refuted whatever its confidence
+            collapsed = self._ncc_collapsed(frame, result)
             can_detect = cfg.redetect_on_low and self.coarse is not None
-            if result.confidence >= cfg.valid_threshold and not (doubtful and can_detect):
-                if result.confidence >= (cfg.accept_threshold if doubtful else cfg.valid_threshold):
+            need = cfg.accept_threshold if doubtful else cfg.valid_threshold
+            if collapsed or result.confidence < cfg.valid_threshold or (doubtful and can_detect):
+                r2, it2 = self._detect(frame, stages) if can_detect else (None, 0)
+                iters += it2
+                if r2 is not None and (collapsed or r2.confidence > result.confidence) \
+                        and self._confirmed(frame, r2, stages):
+                    result = r2
+                    self._accept(r2, new_track=True, stamp=frame.stamp)
+                elif not collapsed and result.confidence >= need:  # the recovered track, still the better one
                     self._accept(result, new_track=seeded, stamp=frame.stamp)
                 else:
                     self._low_frame(seeded)
+            elif result.confidence >= need:
+                self._accept(result, new_track=seeded, stamp=frame.stamp)
             else:
-                accepted = False
-                if can_detect:
-                    r2, it2 = self._detect(frame, stages)
-                    iters += it2
-                    if r2 is not None and r2.confidence > result.confidence and self._confirmed(frame, r2, stages):
-                        result = r2
-                        self._accept(r2, new_track=True, stamp=frame.stamp)
-                        accepted = True
-                if not accepted:
-                    need = cfg.accept_threshold if doubtful else cfg.valid_threshold
-                    if result.confidence >= need:  # the recovered track, still the better one
-                        self._accept(result, new_track=seeded, stamp=frame.stamp)
-                    else:
-                        self._low_frame(seeded)
-        else:  # INITIALIZING or LOST: detect from scratch
+                self._low_frame(seeded)
+        else:  # INITIALIZING or LOST: detect from scratch, then (LOST, for a while) the last pose
             if self.coarse is not None:
                 result, iters = self._detect(frame, stages)
             if result is not None and self._confirmed(frame, result, stages):
                 self._accept(result, new_track=True, stamp=frame.stamp)
+            else:
+                resumed = self._resume(frame, stages)
+                if resumed is not None:
+                    iters += resumed.iterations
+                    if self._confirmed(frame, resumed, stages):
+                        result = resumed
+                        self._accept(resumed, new_track=True, stamp=frame.stamp, resumed=True)
+                    elif result is None or resumed.confidence > result.confidence:
+                        result = resumed
         self.last_result = result
         latency = time.perf_counter() - t_start
         if result is None:
@@ -844,10 +937,11 @@ def _seen(d: dict) -> float:
 
 def _reason(result: RefineResult) -> NotValidReason:
     """Why ``result`` would not be valid, from the marks the detection rules leave in its
-    diagnostics (:meth:`PoseTracker._confirmed`, the sliver rule of ``_detect``); LOW_CONFIDENCE
-    otherwise. :class:`PoseEstimate` makes it NONE for a valid pose."""
+    diagnostics (:meth:`PoseTracker._confirmed`, the sliver rule, a resume's NCC floor, a
+    tracking step whose NCC collapsed); LOW_CONFIDENCE otherwise. :class:`PoseEstimate` makes it
+    NONE for a valid pose."""
     d = result.diagnostics
-    if "texture_not_seen" in d:
+    if "texture_not_seen" in d or "ncc_fell_from" in d:
         return NotValidReason.TEXTURE_MISMATCH
     if "ambiguous_about_axis" in d:
         return NotValidReason.AMBIGUOUS_ROTATION

@@ -115,6 +115,74 @@ def test_large_motion_is_recovered_from_the_warm_start(seq_leave, monkeypatch):
     assert e.te < 0.005, e.te  # without the recovery: 9.6 mm at confidence 0.87
 
 
+class _FirstFrameOnlyCoarse(OracleCoarse):
+    """A network that finds the object on the first frame only (as Pose-Net misses an object
+    re-entering the view as a sliver at the image border)."""
+
+    def estimate(self, frame, roi=None):
+        return super().estimate(frame, roi) if frame.stamp == 0.0 else None
+
+
+@pytest.mark.parametrize("resume_frames", [30, 0])
+def test_a_lost_track_resumes_where_the_object_was_last_seen(seq_leave, resume_frames):
+    """Lost while out of view (frames 3-5), the track comes back on the first frame in view
+    from its last pose, which the network does not find; not with the resume turned off."""
+    tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=_FirstFrameOnlyCoarse(seq_leave, seed=7),
+                     config=dict(FAST, resume_frames=resume_frames), device="cpu")
+    out = [tr.track(f) for f in seq_leave.frames[:8]]
+    assert all(e.pose_valid for e in out[:3]) and out[5].state == TrackingState.LOST
+    assert not any(e.pose_valid for e in out[3:6])
+    if resume_frames == 0:
+        assert not any(e.pose_valid for e in out[6:])
+        return
+    for i in (6, 7):
+        assert out[i].state == TrackingState.TRACKING and out[i].pose_valid, (i, out[i].confidence)
+        assert _err(seq_leave, i, out[i]).correct, i
+    assert out[6].diagnostics["resumed_after_frames"] == 4.0  # accepted at frame 2 (1-based 3), now 7
+
+
+def test_the_motion_model_waits_for_two_steps_after_a_resumed_pose():
+    """The correction of a resumed pose is not extrapolated as motion; a detection's first step
+    and the steps after a resume's first are (constant velocity)."""
+    from types import SimpleNamespace
+
+    from tracking_data import perturb
+
+    seq = make_sequence("printed_box", 1, seed=3, width=64, height=48, n_gaussians=500)
+    T0 = seq.poses[0]
+    T1, T2 = perturb(T0, [0.0, 0.0, 0.1], [0.01, 0, 0]), perturb(T0, [0.0, 0.0, 0.2], [0.02, 0, 0])
+    poses = [SimpleNamespace(T_cam_obj=T, diagnostics={"ncc": 0.5}) for T in (T0, T1, T2)]
+    for resumed in (False, True):
+        tr = PoseTracker(seq.model, seq.meta, config=FAST, device="cpu")
+        tr._accept(poses[0], new_track=True, stamp=0.0, resumed=resumed)
+        tr._accept(poses[1], new_track=False, stamp=1.0)
+        moved = not np.allclose(tr._predict(2.0), T1)
+        assert moved != resumed, resumed  # after a resume: the first step is not extrapolated
+        tr._accept(poses[2], new_track=False, stamp=2.0)
+        assert not np.allclose(tr._predict(3.0), T2)  # two steps: it is
+
+
+def test_a_tracking_step_whose_print_stopped_correlating_is_refuted(seq_leave):
+    """A step whose NCC fell by TRACK_NCC_COLLAPSE from the last accepted pose's is not valid,
+    whatever its confidence; with a network, a confirmed re-detection replaces it."""
+    from gs2pose_ros.tracker import TRACK_NCC_COLLAPSE
+
+    for coarse in (None, OracleCoarse(seq_leave, seed=8)):
+        tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=coarse, config=FAST, device="cpu")
+        tr.seed(seq_leave.poses[0])
+        steps = [tr.track(f) for f in seq_leave.frames[:2]]
+        assert all(e.pose_valid for e in steps) and steps[1].diagnostics["render_std"] >= 0.15
+        # as if the print had correlated this much better one frame ago
+        tr._ncc_prev = steps[1].diagnostics["ncc"] + TRACK_NCC_COLLAPSE + 0.05
+        est = tr.track(seq_leave.frames[2])
+        if coarse is None:
+            assert est.confidence >= 0.9 and not est.pose_valid, est.confidence  # the geometry fits
+            assert est.reason == NotValidReason.TEXTURE_MISMATCH and "ncc_fell_from" in est.diagnostics
+        else:
+            assert est.pose_valid and "posenet" in est.stages and "ncc_fell_from" not in est.diagnostics
+            assert _err(seq_leave, 2, est).correct
+
+
 def test_config_rejects_unknown_keys():
     from gs2pose_ros.errors import ConfigError
 
