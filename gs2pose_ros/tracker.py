@@ -448,7 +448,8 @@ class PoseTracker:
                 return None
         d = r.diagnostics
         d["resumed_after_frames"] = float(self.frames_seen - self._frame_prev)
-        if self._clearly_textured(frame, d) and d.get("ncc", 0.0) < RESUME_MIN_NCC:
+        if r.confidence > self._worth_a_second_look and self._clearly_textured(frame, d) \
+                and d.get("ncc", 0.0) < RESUME_MIN_NCC:
             d["texture_not_seen"] = float(d.get("ncc", 0.0))
             r.confidence = min(r.confidence, self._worth_a_second_look)
         self._hold_sliver(frame, r)
@@ -529,10 +530,13 @@ class PoseTracker:
         return r, spent
 
     def _ncc_collapsed(self, frame: Frame, r: RefineResult) -> bool:
-        """Whether the tracking step ``r`` has a clearly textured render whose NCC fell by
-        ``TRACK_NCC_COLLAPSE`` from the last accepted pose's (then marked ``ncc_fell_from``)."""
+        """Whether the tracking step ``r``, valid by its confidence, has a clearly textured render
+        whose NCC fell by ``TRACK_NCC_COLLAPSE`` from the last accepted pose's (then marked
+        ``ncc_fell_from``). A step below ``valid_threshold`` is not valid anyway (the object
+        leaving the view), and its reason stays a low confidence."""
         d = r.diagnostics
-        if self._ncc_prev is None or not self._clearly_textured(frame, d) \
+        if self._ncc_prev is None or r.confidence < self.config.valid_threshold \
+                or not self._clearly_textured(frame, d) \
                 or d.get("ncc", 1.0) > self._ncc_prev - TRACK_NCC_COLLAPSE:
             return False
         d["ncc_fell_from"] = float(self._ncc_prev)
