@@ -141,6 +141,30 @@ def test_a_lost_track_resumes_where_the_object_was_last_seen(seq_leave, resume_f
     assert out[6].diagnostics["resumed_after_frames"] == 4.0  # accepted at frame 2 (1-based 3), now 7
 
 
+@pytest.mark.parametrize("refuted_by", ["ncc_floor", "half_turn"])
+def test_a_resume_is_refuted_by_poor_print_or_a_better_half_turn(seq_leave, monkeypatch, refuted_by):
+    """The resume of the test above, with the NCC floor out of reach, or with a half-turn of the
+    resumed pose winning: not valid on the frame it came back."""
+    if refuted_by == "ncc_floor":
+        monkeypatch.setattr("gs2pose_ros.tracker.RESUME_MIN_NCC", 1.01)
+    else:
+        best_flip = PoseTracker._best_flip
+
+        def a_half_turn_wins_while_lost(self, frame, r, stages):
+            chosen = best_flip(self, frame, r, stages)
+            if self.state == TrackingState.LOST:
+                chosen.diagnostics["flipped_about"] = [1.0, 0.0, 0.0]
+            return chosen
+
+        monkeypatch.setattr(PoseTracker, "_best_flip", a_half_turn_wins_while_lost)
+    tr = PoseTracker(seq_leave.model, seq_leave.meta, coarse=_FirstFrameOnlyCoarse(seq_leave, seed=7),
+                     config=FAST, device="cpu")
+    out = [tr.track(f) for f in seq_leave.frames[:7]]
+    assert out[5].state == TrackingState.LOST and not out[6].pose_valid, out[6].confidence
+    if refuted_by == "ncc_floor":
+        assert out[6].reason == NotValidReason.TEXTURE_MISMATCH and "resumed_after_frames" in out[6].diagnostics
+
+
 def test_the_motion_model_waits_for_two_steps_after_a_resumed_pose():
     """The correction of a resumed pose is not extrapolated as motion; a detection's first step
     and the steps after a resume's first are (constant velocity)."""
