@@ -567,16 +567,11 @@ class GSRefiner:
             return None
         S = int(self.config.crop_size)
         K, obs, depth, inside, ext_mask = self._prepare(frame, box, None, S, self.support_plane(frame, box))
-        model = appearance.model if appearance is not None else self.model
-        zeros = torch.zeros(3, dtype=self.dtype, device=self.device)
-        a = appearance.exposure_a.detach() if appearance is not None else zeros
-        b = appearance.exposure_b.detach() if appearance is not None else zeros
+        model, a, b = self._appearance_inputs(appearance)
 
         def score(T: np.ndarray) -> tuple:
             T_t = torch.as_tensor(T, dtype=self.dtype, device=self.device)
-            with torch.no_grad():
-                out = render(model, T_t, K, S, S, background=None)
-                _, diag = self._terms(out, obs, depth, inside, ext_mask, a, b, T_t, K)
+            diag = self._evaluate(model, T_t, K, S, obs, depth, inside, ext_mask, a, b)
             return combine_confidence(diag, True), diag.get("ncc", 0.0)
 
         conf0, ncc0 = score(T0)
@@ -796,6 +791,22 @@ class GSRefiner:
         band = torch.where(rmask, valid & ((depth - zr).abs() < 3 * tol), band)
         return band if ext_mask is None else (band & ext_mask)
 
+    def _appearance_inputs(self, appearance: Optional[AppearanceState]) -> tuple:
+        """``(model, exposure_a, exposure_b)`` to render with: the per-track copy and its exposure
+        (detached), or the loaded model and no exposure correction (zeros [3])."""
+        if appearance is None:
+            zeros = torch.zeros(3, dtype=self.dtype, device=self.device)
+            return self.model, zeros, zeros.clone()
+        return appearance.model, appearance.exposure_a.detach(), appearance.exposure_b.detach()
+
+    def _evaluate(self, model, T: torch.Tensor, K: torch.Tensor, S: int, obs, depth, inside, ext_mask,
+                  a, b) -> dict:
+        """Diagnostics of one forward render at ``T`` [4, 4] on a crop prepared by :meth:`_prepare`
+        (``K``, size ``S``): :meth:`_terms` without gradients."""
+        with torch.no_grad():
+            out = render(model, T, K, S, S, background=None)
+            return self._terms(out, obs, depth, inside, ext_mask, a, b, T, K)[1]
+
     def _terms(self, out, obs, depth, inside, ext_mask, a, b, T_pose: torch.Tensor, K: torch.Tensor):
         """Loss terms and the masks/diagnostics used for the confidence.
 
@@ -943,15 +954,10 @@ class GSRefiner:
             box = box2
         S = int(cfg.track_crop_size if tracking else cfg.crop_size)
         K, obs, depth, inside, ext_mask = self._prepare(frame, box, mask, S, plane)
-        model = appearance.model if appearance is not None else self.model
+        model, a0, b0 = self._appearance_inputs(appearance)
         do_adapt = (cfg.adapt_appearance if adapt is None else adapt) and appearance is not None and n_it > 0
         if do_adapt:
             model.requires_grad_(*APPEARANCE_FIELDS)
-        if appearance is not None:
-            a0, b0 = appearance.exposure_a.detach().clone(), appearance.exposure_b.detach().clone()
-        else:
-            a0 = torch.zeros(3, dtype=self.dtype, device=self.device)
-            b0 = torch.zeros(3, dtype=self.dtype, device=self.device)
         a = a0.clone().requires_grad_(cfg.exposure)
         b = b0.clone().requires_grad_(cfg.exposure)
         T = torch.as_tensor(T_np, dtype=self.dtype, device=self.device)
@@ -1020,9 +1026,7 @@ class GSRefiner:
         # final evaluation at the returned pose (one forward render); tracking reuses the last
         # step's render (its pose differs from the returned one by that last, small step)
         if not (tracking and it_done > 0 and not cfg.final_render_in_tracking) or not diag:
-            with torch.no_grad():
-                out = render(model, T, K, S, S, background=None)
-                _, diag = self._terms(out, obs, depth, inside, ext_mask, a.detach(), b.detach(), T, K)
+            diag = self._evaluate(model, T, K, S, obs, depth, inside, ext_mask, a.detach(), b.detach())
         diag.update(icp_info)
         diag["support_plane"] = plane is not None
         T_out = T.detach().cpu().double().numpy()
