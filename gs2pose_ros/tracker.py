@@ -70,6 +70,11 @@ FLIP_MIN_NCC = 0.4
 #: (right against half-turned printed_box detections: 0.60 vs 0.15-0.26, 0.58 vs 0.20; a mug's
 #: turn about its axis with the handle hidden: 0.44 vs 0.36 for the right detection).
 FLIP_NCC_MARGIN = 0.2
+#: ... or with a confidence at least this much higher and a higher NCC: a turn that fits better
+#: and correlates better (mug seed 13 frame 27: the detection 177 deg off at 0.906, NCC 0.65,
+#: silhouette IoU 0.30; its right half-turn 0.986, NCC 0.78, IoU 0.92, kept out by the margin and
+#: the detection confirmed). Re-refining one pose moves its confidence by about 0.01.
+FLIP_DOMINANT_GAP = 0.05
 #: A detection (no track to continue) of an object with less than this share of its silhouette in
 #: the image and unoccluded is not confirmed: from a sliver at the border the texture and the
 #: geometry cannot tell the pose from its half-turns (printed_box 14-15 % in view: 180 deg off at
@@ -249,7 +254,8 @@ def choose_half_turn(detection: RefineResult, turns: list) -> RefineResult:
     ``FLIP_TIE`` of the best confidence the highest NCC wins, but a detection among them yields
     only to an NCC at least ``FLIP_NCC_MARGIN`` higher: on a near-symmetric view the NCC differs
     by noise (a mug with its handle behind a pole: the detection right at 0.99, NCC 0.36, its turn
-    about the axis 0.91, NCC 0.44, 168 deg off).
+    about the axis 0.91, NCC 0.44, 168 deg off), or to a turn better on both counts, by at least
+    ``FLIP_DOMINANT_GAP`` in confidence and by any NCC.
     """
     def ncc(c):
         return c.diagnostics.get("ncc", 0.0)
@@ -258,8 +264,25 @@ def choose_half_turn(detection: RefineResult, turns: list) -> RefineResult:
     top = max(c.confidence for c in candidates)
     tied = [c for c in candidates if c.confidence >= top - FLIP_TIE]
     if any(c is detection for c in tied):
-        tied = [detection] + [c for c in tied if c is not detection and ncc(c) >= ncc(detection) + FLIP_NCC_MARGIN]
+        tied = [detection] + [c for c in tied if c is not detection and (
+            ncc(c) >= ncc(detection) + FLIP_NCC_MARGIN
+            or (c.confidence >= detection.confidence + FLIP_DOMINANT_GAP and ncc(c) > ncc(detection)))]
     return max(tied, key=lambda c: (ncc(c), c.confidence))
+
+
+def fit_overrules_print(chosen: RefineResult, best_fit: RefineResult) -> bool:
+    """Whether ``best_fit``, the best geometric fit among a detection and its half-turns, should
+    stand over ``chosen`` (:func:`choose_half_turn`'s pick by the print) where the print cannot
+    tell ``best_fit``'s rotation about a near-symmetry axis (:meth:`PoseTracker._best_flip`
+    checks that): it fits better by at least ``FLIP_DOMINANT_GAP``, or the print won by less than
+    ``FLIP_NCC_MARGIN`` (a tie). Mug seed 8 frame 1, handle and logo facing away: the detection
+    28 deg off at 0.987 (depth inliers 0.95, NCC 0.32); its half-turn about the body's axis, 160
+    deg off, showed the handle where the image had none: 0.908 (inliers 0.77), NCC 0.53, was
+    picked, confirmed and tracked 140-178 deg off for 28 frames. A decisive print on a fit as
+    good stands: seed 13 frame 58, right at 0.906 with NCC 0.81, its turn 175 deg off at 0.909,
+    NCC 0.23."""
+    ncc_win = chosen.diagnostics.get("ncc", 0.0) - best_fit.diagnostics.get("ncc", 0.0)
+    return best_fit.confidence >= chosen.confidence + FLIP_DOMINANT_GAP or ncc_win < FLIP_NCC_MARGIN
 
 
 def texture_tells_turn(pose: dict, turned: dict) -> bool:
@@ -553,11 +576,11 @@ class PoseTracker:
     def _half_turns_cannot_win(r: RefineResult) -> bool:
         """Whether :func:`choose_half_turn` keeps the detection ``r`` whatever its half-turns
         score, so :meth:`_best_flip` need not refine them (~0.9 s on two CPU cores): ``r`` is within
-        ``FLIP_TIE`` of the highest confidence there is (1) and a half-turn would need an NCC above
-        1 to beat its own by ``FLIP_NCC_MARGIN``. Not for a sliver (under ``DETECT_MIN_SEEN``
-        seen), whose rule reads the half-turns' NCC."""
+        ``FLIP_DOMINANT_GAP`` (< ``FLIP_TIE``) of the highest confidence there is (1) and a
+        half-turn would need an NCC above 1 to beat its own by ``FLIP_NCC_MARGIN``. Not for a
+        sliver (under ``DETECT_MIN_SEEN`` seen), whose rule reads the half-turns' NCC."""
         d = r.diagnostics
-        return r.confidence >= 1.0 - FLIP_TIE and d.get("ncc", 0.0) > 1.0 - FLIP_NCC_MARGIN \
+        return r.confidence > 1.0 - FLIP_DOMINANT_GAP and d.get("ncc", 0.0) > 1.0 - FLIP_NCC_MARGIN \
             and _seen(d) >= DETECT_MIN_SEEN
 
     @staticmethod
@@ -631,6 +654,14 @@ class PoseTracker:
             rf.diagnostics["flipped_about"] = axis.tolist()
             turns.append(rf)
         chosen = choose_half_turn(r, turns)
+        best_fit = max([r] + turns, key=lambda c: c.confidence)
+        if best_fit is not chosen and best_fit.confidence >= self.config.accept_threshold \
+                and fit_overrules_print(chosen, best_fit) and self._ambiguous_about_axis(frame, best_fit, stages):
+            # the print cannot even tell the better fit's rotation about a near-symmetry axis: the
+            # turns' NCC then depends on that unseen rotation too, and the better fit stays,
+            # marked ambiguous, so it is not confirmed
+            best_fit.diagnostics["half_turn_not_told"] = float(chosen.diagnostics.get("ncc", 0.0))
+            chosen = best_fit
         chosen.diagnostics["half_turn_ncc"] = rival_ncc(chosen, [r] + turns, self.metadata)
         return chosen
 
