@@ -315,7 +315,10 @@ def one_thread():
 def test_gradient_descent_recovers_a_perturbed_pose(one_thread):
     """Adam on a twist from a 10 deg / 2 cm perturbation of a rendered textured box.
 
-    Observed: 0.2 deg / 0.4 mm after 60 steps (0.6 deg / 0.9 mm after 40), ~4 s on one core.
+    Observed on an AMD EPYC VM (2026-11-26): 0.08 deg / 0.25 mm after 100 steps with the compiled
+    kernels, 0.03 deg / 0.19 mm on the torch path, ~5 s on one core. At 60 steps Adam is still
+    swinging about the optimum (there 2.5 mm on that VM, 0.4 mm on another CPU's rounding), so
+    the check waits for the end of the schedule's swing.
     """
     model = procedural_box_model(3000, seed=1)
     w = h = 64
@@ -331,7 +334,7 @@ def test_gradient_descent_recovers_a_perturbed_pose(one_thread):
     xi = torch.zeros(6, requires_grad=True)
     opt = torch.optim.Adam([xi], lr=0.01)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.98)
-    for _ in range(60):
+    for _ in range(100):
         opt.zero_grad()
         out = render(model, T0 @ se3_exp(xi), K, w, h, background=0.0)  # object-frame twist
         loss = (out.color - target).abs().mean()
