@@ -578,7 +578,8 @@ class PoseTracker:
         score, so :meth:`_best_flip` need not refine them (~0.9 s on two CPU cores): ``r`` is within
         ``FLIP_DOMINANT_GAP`` (< ``FLIP_TIE``) of the highest confidence there is (1) and a
         half-turn would need an NCC above 1 to beat its own by ``FLIP_NCC_MARGIN``. Not for a
-        sliver (under ``DETECT_MIN_SEEN`` seen), whose rule reads the half-turns' NCC."""
+        sliver (under ``DETECT_MIN_SEEN`` seen), whose rule reads the half-turns' NCC. (The
+        best-fit check of :meth:`_best_flip` is skipped with them.)"""
         d = r.diagnostics
         return r.confidence > 1.0 - FLIP_DOMINANT_GAP and d.get("ncc", 0.0) > 1.0 - FLIP_NCC_MARGIN \
             and _seen(d) >= DETECT_MIN_SEEN
