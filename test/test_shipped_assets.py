@@ -32,18 +32,12 @@ def test_shipped_posenet_belongs_to_the_shipped_model(obj):
 
 @pytest.mark.parametrize("obj", BUILTIN_OBJECTS)
 def test_shipped_model_is_remade_byte_for_byte_from_the_generator_mesh(obj, tmp_path):
-    from gs2pose_ros.bop import write_model_ply, write_models_info
-    from gs2pose_ros.mesh import model_info_from_mesh
     from gs2pose_ros.reconstruct import build_model_from_mesh
-    from gs2pose_ros.synth import OBJ_ID
+    from gs2pose_ros.synth import OBJ_ID, write_object_model
     from gs2pose_ros.synth.objects import make_object
 
     # the mesh files exactly as `gs2pose synth` writes them (models/obj_000001.ply + models_info.json)
-    synth_object = make_object(obj, "mm")
-    mesh = synth_object.to_trimesh()
-    write_model_ply(tmp_path, OBJ_ID, mesh)
-    write_models_info(tmp_path, [model_info_from_mesh(mesh, OBJ_ID,
-                                                      symmetries_continuous=synth_object.symmetries_continuous)])
+    write_object_model(tmp_path, make_object(obj, "mm"))
     out = tmp_path / "model.ply"
     build_model_from_mesh(tmp_path / f"obj_{OBJ_ID:06d}.ply", units="mm", n_gaussians=6000, name=obj, out_path=out)
     shipped_model, _ = shipped_assets(obj)

@@ -24,7 +24,7 @@ from gs2pose_ros.errors import ConfigError
 from gs2pose_ros.synth.objects import BUILTIN_OBJECTS
 from gs2pose_ros.synth.sensor import ColorNoise, DepthNoise
 
-__all__ = ["SynthConfig", "SynthResult", "generate", "BUILTIN_OBJECTS", "DepthNoise", "ColorNoise", "OBJ_ID"]
+__all__ = ["SynthConfig", "SynthResult", "generate", "write_object_model", "BUILTIN_OBJECTS", "DepthNoise", "ColorNoise", "OBJ_ID"]
 
 #: obj_id of the target in the generated dataset (models/obj_000001.ply).
 OBJ_ID = 1
@@ -290,12 +290,25 @@ def _render_test(obj, config: SynthConfig, K, W, H, rngs, scene_dir: Path) -> di
     }
 
 
+def write_object_model(models_dir, obj):
+    """Write ``models_dir/obj_000001.ply`` (millimetres, vertex colours) and ``models_info.json``
+    for the generated object ``obj`` (a ``SynthObject``), as every generated dataset holds them;
+    returns the object's ``ModelInfo``. ``build-model --mesh`` on that ply makes the shipped
+    Gaussian models (``gs2pose_ros/data/``)."""
+    from gs2pose_ros.bop import write_model_ply, write_models_info
+    from gs2pose_ros.mesh import model_info_from_mesh
+
+    mesh = obj.to_trimesh()
+    write_model_ply(models_dir, OBJ_ID, mesh)
+    info = model_info_from_mesh(mesh, OBJ_ID, symmetries_continuous=obj.symmetries_continuous)
+    write_models_info(models_dir, [info])
+    return info
+
+
 def generate(config: SynthConfig) -> SynthResult:
     """Write the BOP dataset described by ``config``: ``models/`` (obj_000001.ply in mm with
     vertex colours, models_info.json), ``train/000000`` (reference views, unless
     ``ref_views == 0``) and ``test/000000`` (the sequence). Same config -> same bytes."""
-    from gs2pose_ros.bop import write_model_ply, write_models_info
-    from gs2pose_ros.mesh import model_info_from_mesh
     from gs2pose_ros.synth.objects import make_object
 
     t0 = time.perf_counter()
@@ -308,10 +321,7 @@ def generate(config: SynthConfig) -> SynthResult:
     W, H = config.width, config.height
 
     models_dir = root / "models"
-    mesh = obj.to_trimesh()
-    write_model_ply(models_dir, OBJ_ID, mesh)
-    info = model_info_from_mesh(mesh, OBJ_ID, symmetries_continuous=obj.symmetries_continuous)
-    write_models_info(models_dir, [info])
+    info = write_object_model(models_dir, obj)
 
     stats: dict = {"object": obj.name, "diameter_mm": info.diameter * 1000.0, "model_triangles": len(obj.faces)}
     train_scene = None
