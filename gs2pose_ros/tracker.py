@@ -92,10 +92,17 @@ SLIVER_NCC_MARGIN = 0.1
 #: turned this far both ways about it; a turned score within ``AXIS_AMBIGUITY_TOL`` of the pose's
 #: own means nothing in view fixes that rotation (mug, handle and logo facing away: turned 20 deg
 #: 0.000-0.007 below the pose's score on 13 frames of two sequences; handle in view: 0.030 below
-#: (seed-7 frame 55) to 0.99 below, one way or the other), unless the texture tells the turn
-#: apart (:func:`texture_tells_turn`: the logo in view with the handle out of sight).
+#: (seed-7 frame 55) to 0.99 below, one way or the other), unless the view tells the turn apart
+#: (:func:`view_tells_turn`: the logo in view with the handle out of sight, or the handle's outline
+#: and the print together).
 AXIS_PROBE_DEG = 20.0
 AXIS_AMBIGUITY_TOL = 0.015
+#: ... the silhouette IoU lead over the turned pose that alone tells it apart; a smaller lead
+#: counts in proportion, added to the NCC lead's share of ``FLIP_NCC_MARGIN`` (mug seed 12
+#: frames 0-27, handle in view and right poses: turned 20 deg toward the handle, the score 0.008
+#: below, NCC 0.16-0.20 and IoU 0.05-0.07 lower; wrong poses 13-60 deg off, handle hidden: the
+#: turns' IoU within -0.04..+0.03, with their NCC as high or higher; session 13).
+AXIS_IOU_MARGIN = 0.1
 #: A detection with depth whose render is clearly textured (colour spread ``render_std`` at least
 #: ``DETECT_TEXTURED_STD``) is confirmed only with an NCC of at least ``DETECT_MIN_NCC``: geometry
 #: fits a box turned 90 deg at its border at 0.79 (seed-9 printed_box, NCC 0.195), where every
@@ -143,7 +150,7 @@ RESUME_MIN_NCC = 0.55
 #: tracking runs fell by at most 0.18 (716 steps).
 TRACK_NCC_COLLAPSE = 0.3
 
-__all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "rival_ncc", "texture_tells_turn", "resolve_device",
+__all__ = ["TrackerConfig", "PoseTracker", "choose_half_turn", "rival_ncc", "view_tells_turn", "resolve_device",
            "load_object_model"]
 
 
@@ -285,16 +292,22 @@ def fit_overrules_print(chosen: RefineResult, best_fit: RefineResult) -> bool:
     return best_fit.confidence >= chosen.confidence + FLIP_DOMINANT_GAP or ncc_win < FLIP_NCC_MARGIN
 
 
-def texture_tells_turn(pose: dict, turned: dict) -> bool:
-    """Whether the print pins a rotation that geometry leaves free: the pose's render is textured
-    (``texture_weight`` >= 0.5) and correlates with the image at least ``FLIP_NCC_MARGIN`` better
-    than the pose turned about a near-symmetry axis (``pose``, ``turned``: their diagnostics).
+def view_tells_turn(pose: dict, turned: dict) -> bool:
+    """Whether what is in view pins a rotation that the confidence leaves free (``pose``,
+    ``turned``: the diagnostics of a pose and of that pose turned about a near-symmetry axis): the
+    pose's silhouette IoU lead over the turn, as a share of ``AXIS_IOU_MARGIN``, plus, for a
+    textured render (``texture_weight`` >= 0.5), its NCC lead as a share of ``FLIP_NCC_MARGIN``,
+    reaches 1. A lead that is negative counts against.
 
     Scores saturate near 0.99 for both when the handle is out of sight; the logo may still show:
     mug seed 7 frames 28 and 51, right poses, NCC 0.72 and 0.57 against 0.39 and 0.32 turned
     20 deg; with handle and logo facing away (seed 8 frames 0-20) the turns correlate as well or
-    better (0.31-0.42 against 0.35-0.42)."""
-    return texture_weight(pose) >= 0.5 and pose.get("ncc", 0.0) >= turned.get("ncc", 0.0) + FLIP_NCC_MARGIN
+    better (0.31-0.42 against 0.35-0.42) and outline the same. With the handle in view (seed 12)
+    the score still saturates (0.988 against 0.979), but outline and print together tell."""
+    lead = (pose.get("silhouette_iou", 0.0) - turned.get("silhouette_iou", 0.0)) / AXIS_IOU_MARGIN
+    if texture_weight(pose) >= 0.5:
+        lead += (pose.get("ncc", 0.0) - turned.get("ncc", 0.0)) / FLIP_NCC_MARGIN
+    return lead >= 1.0
 
 
 def _turned_apart(T_a: np.ndarray, T_b: np.ndarray, metadata: ObjectMetadata, deg: float) -> bool:
@@ -682,8 +695,8 @@ class PoseTracker:
 
     def _ambiguous_about_axis(self, frame: Frame, result: RefineResult, stages: dict) -> bool:
         """Whether ``result``'s pose scores as well turned ``AXIS_PROBE_DEG`` either way about a
-        near-symmetry axis of the model and the print does not tell the turn apart
-        (:func:`texture_tells_turn`); then ``diagnostics["ambiguous_about_axis"]`` holds that
+        near-symmetry axis of the model and the view does not tell the turn apart
+        (:func:`view_tells_turn`); then ``diagnostics["ambiguous_about_axis"]`` holds that
         score. Symmetric objects (scored with ADD-S) and models without such an axis: False."""
         if not self.config.check_axis_ambiguity or self.metadata.symmetric:
             return False
@@ -708,7 +721,7 @@ class PoseTracker:
                         T[:3, :3], T[:3, 3], cv2.Rodrigues(e * sign * math.radians(AXIS_PROBE_DEG))[0], c)
                     s = self.refiner.score(frame, T_turn, appearance=app)
                     if s.confidence >= ref.confidence - AXIS_AMBIGUITY_TOL and \
-                            not texture_tells_turn(ref.diagnostics, s.diagnostics):
+                            not view_tells_turn(ref.diagnostics, s.diagnostics):
                         result.diagnostics["ambiguous_about_axis"] = float(s.confidence)
                         return True
             return False

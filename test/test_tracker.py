@@ -893,18 +893,28 @@ def test_an_alternative_that_fits_only_the_depth_is_not_turned_about(seq_leave, 
     assert len(turned) == 1 and not est.pose_valid  # the best candidate's only
 
 
-def test_the_print_can_pin_a_rotation_about_a_near_symmetry_axis():
+def test_the_view_can_pin_a_rotation_about_a_near_symmetry_axis():
     """A mug with its handle out of sight scores the same turned 20 deg about its axis, but where
     the logo shows, the right pose correlates far better than its turns (measured: seed 7 frames 28
     and 51); with handle and logo facing away (seed 8 frames 0, 10, 20) the turns correlate as
-    well: still ambiguous. A plain render's correlation says nothing."""
-    from gs2pose_ros.tracker import texture_tells_turn
+    well and outline the same: still ambiguous. With the handle in view (seed 12 frame 0) neither
+    the outline nor the print alone tells the turn toward it, both together do. A plain render's
+    correlation says nothing; its outline still counts."""
+    from gs2pose_ros.tracker import view_tells_turn
 
-    def d(ncc, std):
-        return {"ncc": ncc, "render_std": std}
+    def d(ncc, std, iou=0.95):
+        return {"ncc": ncc, "render_std": std, "silhouette_iou": iou}
 
-    assert texture_tells_turn(d(0.720, 0.233), d(0.387, 0.23))  # seed 7 frame 28
-    assert texture_tells_turn(d(0.573, 0.142), d(0.322, 0.14))  # seed 7 frame 51
+    assert view_tells_turn(d(0.720, 0.233), d(0.387, 0.23))  # seed 7 frame 28
+    assert view_tells_turn(d(0.573, 0.142), d(0.322, 0.14))  # seed 7 frame 51
     for pose, turned in [(0.347, 0.411), (0.380, 0.375), (0.419, 0.422), (0.347, 0.306)]:  # seed 8
-        assert not texture_tells_turn(d(pose, 0.1), d(turned, 0.1))
-    assert not texture_tells_turn(d(0.9, 0.01), d(0.1, 0.01))  # plain render
+        assert not view_tells_turn(d(pose, 0.1), d(turned, 0.1))
+    # seed 8 frames 6 and 3, poses 30 and 34 deg off: a turn outlines a little worse, correlates far better
+    assert not view_tells_turn(d(0.32, 0.109, 0.97), d(0.55, 0.109, 0.94))
+    assert not view_tells_turn(d(0.26, 0.108, 0.96), d(0.51, 0.108, 0.94))
+    # seed 12 frame 0, the right pose: outline 0.055 and NCC 0.17 ahead; each alone is not enough
+    assert view_tells_turn(d(0.80, 0.197, 0.914), d(0.63, 0.197, 0.859))
+    assert not view_tells_turn(d(0.80, 0.197, 0.914), d(0.80, 0.197, 0.859))
+    assert not view_tells_turn(d(0.80, 0.197, 0.914), d(0.63, 0.197, 0.914))
+    assert not view_tells_turn(d(0.9, 0.01), d(0.1, 0.01))  # plain render, same outline
+    assert view_tells_turn(d(0.1, 0.01, 0.95), d(0.9, 0.01, 0.80))  # plain render, the outline tells
