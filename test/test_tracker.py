@@ -818,6 +818,33 @@ def test_a_textured_detection_whose_texture_does_not_correlate_is_not_confirmed(
     assert not tr._confirmed(rgbd, _turn_result(0.5, 0.6, render_std=0.23), {})  # under accept_threshold
 
 
+def test_a_detection_of_an_object_leaving_the_view_must_fit_its_depth():
+    """Measured: the toy leaving the image (31 % in it), detected 39 deg off at 0.76 with 68 % of
+    its depth agreeing; right detections of objects 12-59 % in the image agreed on 85 % or more.
+    In full view the floor does not apply (a sparse model at a low resolution fits less)."""
+    from gs2pose_ros.frame import Frame
+    from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
+
+    meta = ObjectMetadata(name="box", obj_id=1, bbox_min=[-0.05, -0.04, -0.03], bbox_max=[0.05, 0.04, 0.03],
+                          diameter=0.14, near_symmetry_axes=[])
+    model = GaussianModel.from_points(torch.zeros(4, 3), torch.full((4, 3), 0.5))
+    tr = PoseTracker(model, meta, device="cpu")
+    K = np.array([[100.0, 0, 16], [0, 100, 12], [0, 0, 1]])
+    rgbd = Frame.validated(np.zeros((24, 32, 3), np.uint8), K, np.full((24, 32), 0.5, np.float32))
+    rgb = Frame.validated(np.zeros((24, 32, 3), np.uint8), K)
+
+    def detection(in_image, inliers):
+        r = _turn_result(0.76, 0.62, render_std=0.21)
+        r.diagnostics.update(in_image_fraction=in_image, depth_inlier_ratio=inliers)
+        return r
+
+    wrong = detection(0.31, 0.683)  # toy seed 11 frame 30
+    assert not tr._confirmed(rgbd, wrong, {}) and _reason(wrong) == NotValidReason.PARTLY_IN_VIEW
+    assert tr._confirmed(rgbd, detection(0.30, 0.853), {})  # mug seed 13 frame 51, right
+    assert tr._confirmed(rgbd, detection(0.95, 0.72), {})  # in view: the confidence decides
+    assert tr._confirmed(rgb, detection(0.31, 0.0), {})  # no depth to agree
+
+
 def test_an_estimate_says_why_its_pose_is_not_valid():
     """``PoseEstimate.reason``: NONE exactly when the pose is valid; an invalid one without a
     reason is a low confidence (the ROS message carries the same codes)."""
