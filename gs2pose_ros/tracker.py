@@ -103,6 +103,14 @@ AXIS_AMBIGUITY_TOL = 0.015
 #: below, NCC 0.16-0.20 and IoU 0.05-0.07 lower; wrong poses 13-60 deg off, handle hidden: the
 #: turns' IoU within -0.04..+0.03, with their NCC as high or higher; session 13).
 AXIS_IOU_MARGIN = 0.1
+#: A confident detection of such a model is also scored turned about the axis in steps of
+#: ``AXIS_SWEEP_STEP_DEG`` up to ``AXIS_SWEEP_MAX_DEG`` either way (beyond, the half-turns of
+#: :meth:`PoseTracker._best_flip` take over); a turn the view tells apart from it
+#: (:func:`view_tells_turn`, the turn ahead) that scores as well is refined and replaces it when
+#: the view still prefers it (mug seed 7 frame 28: detected 19 deg off, NCC 0.43; turned 15 deg,
+#: 0.75; the NCC peak about the axis is ~30 deg wide, so a 30-deg step can miss it).
+AXIS_SWEEP_STEP_DEG = 15.0
+AXIS_SWEEP_MAX_DEG = 90.0
 #: A detection with depth whose render is clearly textured (colour spread ``render_std`` at least
 #: ``DETECT_TEXTURED_STD``) is confirmed only with an NCC of at least ``DETECT_MIN_NCC``: geometry
 #: fits a box turned 90 deg at its border at 0.79 (seed-9 printed_box, NCC 0.195), where every
@@ -301,6 +309,33 @@ def fit_overrules_print(chosen: RefineResult, best_fit: RefineResult) -> bool:
     return best_fit.confidence >= chosen.confidence + FLIP_DOMINANT_GAP or ncc_win < FLIP_NCC_MARGIN
 
 
+def _view_lead(pose: dict, turned: dict) -> float:
+    """How far the view prefers ``pose`` to ``turned`` (diagnostics of two poses), in units of
+    what tells them apart (:func:`view_tells_turn`: 1 or more)."""
+    lead = (pose.get("silhouette_iou", 0.0) - turned.get("silhouette_iou", 0.0)) / AXIS_IOU_MARGIN
+    if texture_weight(pose) >= 0.5:
+        lead += (pose.get("ncc", 0.0) - turned.get("ncc", 0.0)) / FLIP_NCC_MARGIN
+    return lead
+
+
+def _turn_preferred(turned: RefineResult, pose: RefineResult) -> bool:
+    """Whether a pose ``turned`` about a near-symmetry axis is ahead of ``pose`` (both scored
+    alike): it scores within ``AXIS_AMBIGUITY_TOL`` and the view tells it apart
+    (:func:`view_tells_turn`), or it scores more than that above and the view does not prefer
+    ``pose`` (mug seed 12 frame 0 detected 25 deg off toward the handle: 0.969, the truth 0.988
+    with NCC and outline a little ahead; the refinement stays there)."""
+    gap = turned.confidence - pose.confidence
+    lead = _view_lead(turned.diagnostics, pose.diagnostics)
+    return (gap >= -AXIS_AMBIGUITY_TOL and lead >= 1.0) or (gap > AXIS_AMBIGUITY_TOL and lead >= 0.0)
+
+
+def _turn_preference(turned: RefineResult, pose: RefineResult) -> float:
+    """How far ``turned`` is ahead of ``pose``: its view lead (:func:`_view_lead`) plus its
+    score's lead in units of ``AXIS_AMBIGUITY_TOL``."""
+    return _view_lead(turned.diagnostics, pose.diagnostics) + \
+        (turned.confidence - pose.confidence) / AXIS_AMBIGUITY_TOL
+
+
 def view_tells_turn(pose: dict, turned: dict) -> bool:
     """Whether what is in view pins a rotation that the confidence leaves free (``pose``,
     ``turned``: the diagnostics of a pose and of that pose turned about a near-symmetry axis): the
@@ -313,10 +348,7 @@ def view_tells_turn(pose: dict, turned: dict) -> bool:
     20 deg; with handle and logo facing away (seed 8 frames 0-20) the turns correlate as well or
     better (0.31-0.42 against 0.35-0.42) and outline the same. With the handle in view (seed 12)
     the score still saturates (0.988 against 0.979), but outline and print together tell."""
-    lead = (pose.get("silhouette_iou", 0.0) - turned.get("silhouette_iou", 0.0)) / AXIS_IOU_MARGIN
-    if texture_weight(pose) >= 0.5:
-        lead += (pose.get("ncc", 0.0) - turned.get("ncc", 0.0)) / FLIP_NCC_MARGIN
-    return lead >= 1.0
+    return _view_lead(pose, turned) >= 1.0
 
 
 def _turned_apart(T_a: np.ndarray, T_b: np.ndarray, metadata: ObjectMetadata, deg: float) -> bool:
@@ -451,6 +483,8 @@ class PoseTracker:
             r.diagnostics["second_opinion"] = 1.0
         r, slide_iterations = self._slid_along_print(frame, r, getattr(r, "_appearance", None), stages)
         iterations += slide_iterations
+        r, turn_iterations = self._turned_along_print(frame, r, stages)
+        iterations += turn_iterations
         self._hold_sliver(frame, r)
         return r, iterations
 
@@ -707,19 +741,73 @@ class PoseTracker:
             return False
         return not self._ambiguous_about_axis(frame, r, stages)
 
+    def _axis_rules_apply(self) -> bool:
+        """Whether the near-symmetry-axis rules run: configured on, and the object is not
+        symmetric (scored with ADD-S, its turns are the same pose)."""
+        return self.config.check_axis_ambiguity and not self.metadata.symmetric
+
+    def _axes(self) -> list:
+        """The model's near-symmetry axes ``[(direction [3], point [3])]`` (object frame): the
+        metadata's, or searched once (``mesh.near_symmetry_axes``, 1-2 s) for a model without them."""
+        if self._near_axes is None:
+            means = self.model.means.detach().cpu().numpy().astype(np.float64)
+            self._near_axes = near_symmetry_axes(means, self.diameter)
+        return self._near_axes
+
+    def _turned_along_print(self, frame: Frame, r: RefineResult, stages: dict) -> tuple[RefineResult, int]:
+        """A detection ``r`` reaching ``accept_threshold``, turned about each near-symmetry axis of
+        the model to where the view clearly prefers it: every ``AXIS_SWEEP_STEP_DEG`` up to
+        ``AXIS_SWEEP_MAX_DEG`` either way, the turns are scored (:meth:`GSRefiner.score`, as the
+        pose); the one furthest ahead (:func:`_turn_preferred`) is refined (``recover_iterations``
+        at the tracking rates) and replaces ``r`` when it is still ahead of ``r``'s own score. The
+        refinement's gradient does not turn a pose about such an axis where the score saturates;
+        the print and the outline tell the turns apart. Returns ``(pose, refinement steps spent)``."""
+        if r.confidence < self.config.accept_threshold or not self._axis_rules_apply() or not self._axes():
+            return r, 0
+        from gs2pose_ros.posenet.coarse import turned_about  # (as _best_flip)
+
+        t0 = time.perf_counter()
+        app = getattr(r, "_appearance", None) or self.appearance
+        T = r.T_cam_obj
+        ref = self.refiner.score(frame, T, appearance=app)
+        n = int(round(AXIS_SWEEP_MAX_DEG / AXIS_SWEEP_STEP_DEG))
+        best, best_T = None, None
+        for e, c in self._axes():
+            for k in range(1, n + 1):
+                for sign in (-1.0, 1.0):
+                    T_turn = np.eye(4)
+                    T_turn[:3, :3], T_turn[:3, 3] = turned_about(
+                        T[:3, :3], T[:3, 3], cv2.Rodrigues(e * sign * math.radians(k * AXIS_SWEEP_STEP_DEG))[0], c)
+                    s = self.refiner.score(frame, T_turn, appearance=app)
+                    if _turn_preferred(s, ref) and (best is None or _turn_preference(s, ref) > _turn_preference(best, ref)):
+                        best, best_T = s, T_turn
+        spent = 0
+        if best is not None:
+            r2 = self.refiner.refine(frame, best_T, iterations=self.config.recover_iterations, appearance=app,
+                                     adapt=False, schedule=self.refiner.config.track_schedule)
+            spent = r2.iterations
+            s2 = self.refiner.score(frame, r2.T_cam_obj, appearance=app)
+            if _turn_preferred(s2, ref):
+                r2.iterations += r.iterations
+                r2._appearance = app  # type: ignore[attr-defined]
+                r2.diagnostics["turned_along_print_from_ncc"] = float(ref.diagnostics.get("ncc", 0.0))
+                for key in ("half_turn_ncc", "second_opinion"):
+                    if key in r.diagnostics:
+                        r2.diagnostics[key] = r.diagnostics[key]
+                r = r2
+        stages["axis_turn"] = stages.get("axis_turn", 0.0) + time.perf_counter() - t0
+        return r, spent
+
     def _ambiguous_about_axis(self, frame: Frame, result: RefineResult, stages: dict) -> bool:
         """Whether ``result``'s pose scores as well turned ``AXIS_PROBE_DEG`` either way about a
         near-symmetry axis of the model and the view does not tell the turn apart
         (:func:`view_tells_turn`); then ``diagnostics["ambiguous_about_axis"]`` holds that
         score. Symmetric objects (scored with ADD-S) and models without such an axis: False."""
-        if not self.config.check_axis_ambiguity or self.metadata.symmetric:
+        if not self._axis_rules_apply():
             return False
         t0 = time.perf_counter()
         try:
-            if self._near_axes is None:
-                means = self.model.means.detach().cpu().numpy().astype(np.float64)
-                self._near_axes = near_symmetry_axes(means, self.diameter)
-            if not self._near_axes:
+            if not self._axes():
                 return False
             from gs2pose_ros.posenet.coarse import turned_about  # (as _best_flip)
 
