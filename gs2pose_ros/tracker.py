@@ -105,10 +105,10 @@ AXIS_AMBIGUITY_TOL = 0.015
 AXIS_IOU_MARGIN = 0.1
 #: A confident detection of such a model is also scored turned about the axis in steps of
 #: ``AXIS_SWEEP_STEP_DEG`` up to ``AXIS_SWEEP_MAX_DEG`` either way (beyond, the half-turns of
-#: :meth:`PoseTracker._best_flip` take over); a turn the view tells apart from it
-#: (:func:`view_tells_turn`, the turn ahead) that scores as well is refined and replaces it when
-#: the view still prefers it (mug seed 7 frame 28: detected 19 deg off, NCC 0.43; turned 15 deg,
-#: 0.75; the NCC peak about the axis is ~30 deg wide, so a 30-deg step can miss it).
+#: :meth:`PoseTracker._best_flip` take over); the turn furthest ahead of it
+#: (:func:`_turn_preferred`) is refined and replaces it when still ahead (mug seed 7 frame 28:
+#: detected 19 deg off, NCC 0.43; turned 15 deg, 0.75; the NCC peak about the axis is ~30 deg
+#: wide, so a 30-deg step can miss it).
 AXIS_SWEEP_STEP_DEG = 15.0
 AXIS_SWEEP_MAX_DEG = 90.0
 #: A detection with depth whose render is clearly textured (colour spread ``render_std`` at least
@@ -349,6 +349,18 @@ def view_tells_turn(pose: dict, turned: dict) -> bool:
     better (0.31-0.42 against 0.35-0.42) and outline the same. With the handle in view (seed 12)
     the score still saturates (0.988 against 0.979), but outline and print together tell."""
     return _view_lead(pose, turned) >= 1.0
+
+
+def _turned_about_axis(T_cam_obj: np.ndarray, axis: tuple, deg: float) -> np.ndarray:
+    """``T_cam_obj`` [4, 4] with the object turned ``deg`` about ``axis`` = (direction [3],
+    point [3]), both in the object frame (a near-symmetry axis of ``mesh.near_symmetry_axes``)."""
+    from gs2pose_ros.posenet.coarse import turned_about  # (as _load_coarse: optional)
+
+    e, c = axis
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = turned_about(T_cam_obj[:3, :3], T_cam_obj[:3, 3],
+                                       cv2.Rodrigues(np.asarray(e) * math.radians(deg))[0], c)
+    return T
 
 
 def _turned_apart(T_a: np.ndarray, T_b: np.ndarray, metadata: ObjectMetadata, deg: float) -> bool:
@@ -764,20 +776,15 @@ class PoseTracker:
         the print and the outline tell the turns apart. Returns ``(pose, refinement steps spent)``."""
         if r.confidence < self.config.accept_threshold or not self._axis_rules_apply() or not self._axes():
             return r, 0
-        from gs2pose_ros.posenet.coarse import turned_about  # (as _best_flip)
-
         t0 = time.perf_counter()
         app = getattr(r, "_appearance", None) or self.appearance
-        T = r.T_cam_obj
-        ref = self.refiner.score(frame, T, appearance=app)
+        ref = self.refiner.score(frame, r.T_cam_obj, appearance=app)
         n = int(round(AXIS_SWEEP_MAX_DEG / AXIS_SWEEP_STEP_DEG))
         best, best_T = None, None
-        for e, c in self._axes():
+        for axis in self._axes():
             for k in range(1, n + 1):
                 for sign in (-1.0, 1.0):
-                    T_turn = np.eye(4)
-                    T_turn[:3, :3], T_turn[:3, 3] = turned_about(
-                        T[:3, :3], T[:3, 3], cv2.Rodrigues(e * sign * math.radians(k * AXIS_SWEEP_STEP_DEG))[0], c)
+                    T_turn = _turned_about_axis(r.T_cam_obj, axis, sign * k * AXIS_SWEEP_STEP_DEG)
                     s = self.refiner.score(frame, T_turn, appearance=app)
                     if _turn_preferred(s, ref) and (best is None or _turn_preference(s, ref) > _turn_preference(best, ref)):
                         best, best_T = s, T_turn
@@ -809,19 +816,14 @@ class PoseTracker:
         try:
             if not self._axes():
                 return False
-            from gs2pose_ros.posenet.coarse import turned_about  # (as _best_flip)
-
             app = getattr(result, "_appearance", None) or self.appearance
-            T = result.T_cam_obj
             # the pose and its turns scored alike (score: no Pose-Net mask, no refinement), not
             # against the detection's own confidence
-            ref = self.refiner.score(frame, T, appearance=app)
-            for e, c in self._near_axes:
+            ref = self.refiner.score(frame, result.T_cam_obj, appearance=app)
+            for axis in self._axes():
                 for sign in (-1.0, 1.0):
-                    T_turn = np.eye(4)
-                    T_turn[:3, :3], T_turn[:3, 3] = turned_about(
-                        T[:3, :3], T[:3, 3], cv2.Rodrigues(e * sign * math.radians(AXIS_PROBE_DEG))[0], c)
-                    s = self.refiner.score(frame, T_turn, appearance=app)
+                    s = self.refiner.score(frame, _turned_about_axis(result.T_cam_obj, axis, sign * AXIS_PROBE_DEG),
+                                           appearance=app)
                     if s.confidence >= ref.confidence - AXIS_AMBIGUITY_TOL and \
                             not view_tells_turn(ref.diagnostics, s.diagnostics):
                         result.diagnostics["ambiguous_about_axis"] = float(s.confidence)
