@@ -840,10 +840,9 @@ def test_the_print_does_not_pick_a_half_turn_about_an_axis_it_cannot_tell(tmp_pa
     assert tr.track(frame).state != TrackingState.TRACKING
 
 
-def test_a_textured_detection_whose_texture_does_not_correlate_is_not_confirmed():
-    """The seed-9 printed_box box entering the view, detected turned 90 deg: depth and silhouette
-    fit it at 0.79 (NCC 0.195); right poses of such a textured render correlated at 0.478 or more.
-    A plain render (no texture to see) and a frame without depth keep the confidence rule alone."""
+def _box_tracker_and_frames():
+    """A tracker of a box with no near-symmetry axis (its model: four Gaussians, enough for the
+    rules that read only diagnostics) and a tiny frame with depth and one without."""
     from gs2pose_ros.frame import Frame
     from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
 
@@ -854,6 +853,14 @@ def test_a_textured_detection_whose_texture_does_not_correlate_is_not_confirmed(
     K = np.array([[100.0, 0, 16], [0, 100, 12], [0, 0, 1]])
     rgbd = Frame.validated(np.zeros((24, 32, 3), np.uint8), K, np.full((24, 32), 0.5, np.float32))
     rgb = Frame.validated(np.zeros((24, 32, 3), np.uint8), K)
+    return tr, rgbd, rgb
+
+
+def test_a_textured_detection_whose_texture_does_not_correlate_is_not_confirmed():
+    """The seed-9 printed_box box entering the view, detected turned 90 deg: depth and silhouette
+    fit it at 0.79 (NCC 0.195); right poses of such a textured render correlated at 0.478 or more.
+    A plain render (no texture to see) and a frame without depth keep the confidence rule alone."""
+    tr, rgbd, rgb = _box_tracker_and_frames()
     assert tr._confirmed(rgbd, _turn_result(0.99, 0.60, render_std=0.23), {})
     wrong = _turn_result(0.786, 0.195, render_std=0.23)
     assert not tr._confirmed(rgbd, wrong, {}) and wrong.diagnostics["texture_not_seen"] == pytest.approx(0.195)
@@ -867,16 +874,7 @@ def test_a_detection_of_an_object_leaving_the_view_must_fit_its_depth():
     """Measured: the toy leaving the image (31 % in it), detected 39 deg off at 0.76 with 68 % of
     its depth agreeing; right detections of objects 12-59 % in the image agreed on 85 % or more.
     In full view the floor does not apply (a sparse model at a low resolution fits less)."""
-    from gs2pose_ros.frame import Frame
-    from gs2pose_ros.gaussians import GaussianModel, ObjectMetadata
-
-    meta = ObjectMetadata(name="box", obj_id=1, bbox_min=[-0.05, -0.04, -0.03], bbox_max=[0.05, 0.04, 0.03],
-                          diameter=0.14, near_symmetry_axes=[])
-    model = GaussianModel.from_points(torch.zeros(4, 3), torch.full((4, 3), 0.5))
-    tr = PoseTracker(model, meta, device="cpu")
-    K = np.array([[100.0, 0, 16], [0, 100, 12], [0, 0, 1]])
-    rgbd = Frame.validated(np.zeros((24, 32, 3), np.uint8), K, np.full((24, 32), 0.5, np.float32))
-    rgb = Frame.validated(np.zeros((24, 32, 3), np.uint8), K)
+    tr, rgbd, rgb = _box_tracker_and_frames()
 
     def detection(in_image, inliers):
         r = _turn_result(0.76, 0.62, render_std=0.21)
