@@ -11,6 +11,7 @@ from gs2pose_ros.metrics import (
     PoseErrorEvaluator,
     PoseErrors,
     add,
+    add_up_to_axis_turn,
     adds,
     rotation_error_deg,
     translation_error,
@@ -143,3 +144,26 @@ def test_input_validation():
         add(I3, [0, 0], I3, [0, 0, 0], np.zeros((4, 3)))
     with pytest.raises(GeometryError, match="R_gt"):
         rotation_error_deg(I3, np.eye(4))
+
+
+def test_add_up_to_axis_turn_forgives_only_the_turn_about_the_axis():
+    """A mug-like shape (a cylinder off the frame origin plus a handle): the estimate turned 40 deg
+    about the body's axis fails ADD but is right up to that turn, found to within a degree; the
+    same estimate also 3 cm off, or tilted 30 deg across the axis, is not."""
+    body = _cylinder_points() + np.array([0.016, 0.0, 0.0])  # the axis beside the origin, as a mug's
+    handle = np.array([[0.016 + 0.045, 0.0, z] for z in np.linspace(-0.03, 0.03, 30)])
+    pts = np.concatenate([body, handle])
+    axis = (np.array([0.0, 0.0, 1.0]), np.array([0.016, 0.0, 0.0]))
+    diameter = 0.12
+    R_g, t_g = _rot([0.3, -0.2, 0.1]), np.array([0.05, -0.02, 0.6])
+    # turned 40 deg about the body axis, in the object frame: x -> R_turn (x - c) + c
+    R_turn, c = _rot([0.0, 0.0, math.radians(40.0)]), axis[1]
+    R_e, t_e = R_g @ R_turn, t_g + R_g @ (c - R_turn @ c)
+    assert add(R_e, t_e, R_g, t_g, pts) > 0.1 * diameter
+    e, deg = add_up_to_axis_turn(R_e, t_e, R_g, t_g, pts, axis)
+    assert e < 1e-3 and deg == pytest.approx(-40.0, abs=1.0)
+    e_moved, _ = add_up_to_axis_turn(R_e, t_e + np.array([0.03, 0.0, 0.0]), R_g, t_g, pts, axis)
+    assert e_moved == pytest.approx(0.03, abs=1e-3)
+    R_tilt = R_g @ _rot([math.radians(30.0), 0.0, 0.0])
+    e_tilt, _ = add_up_to_axis_turn(R_tilt, t_g, R_g, t_g, pts, axis)
+    assert e_tilt > 0.1 * diameter

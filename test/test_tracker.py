@@ -325,6 +325,33 @@ def test_summary_counts_confident_wrong_poses():
     assert s["confidence_auc_visible"] == pytest.approx(3 / 6)
 
 
+def test_summary_scores_by_share_in_view_and_checks_ambiguous_frames():
+    """Accuracy per band of BOP's visib_fract (the issue's conditions: occlusion up to 30 %), and
+    of the frames refused as ambiguous about a near-symmetry axis, how many were right but for the
+    turn about it (records without a visib_fract or the axis check are left out of those)."""
+    from gs2pose_ros.evaluate import summarise
+
+    def rec(visib, right, reason="NONE", up_to_turn=None):
+        r = {"visible": True, "pose_valid": reason == "NONE", "confidence": 0.9, "correct_any": right,
+             "correct": right and reason == "NONE", "latency": 0.1, "state": "TRACKING", "reason": reason}
+        if visib is not None:
+            r["visib_fract"] = visib
+        if up_to_turn is not None:
+            r["correct_up_to_axis_turn"] = up_to_turn
+        return r
+
+    recs = [rec(0.15, False, "LOW_CONFIDENCE"), rec(0.5, True), rec(0.95, True), rec(0.7, True),
+            rec(0.8, False, "AMBIGUOUS_ROTATION", up_to_turn=True),
+            rec(1.0, False, "AMBIGUOUS_ROTATION", up_to_turn=False), rec(None, True)]
+    s = summarise(recs, 0.1)
+    bands = s["add_s_0.1d_by_visible_fraction"]
+    assert bands["under 30 %"] == {"frames": 1, "add_s_0.1d": 0.0}
+    assert bands["30-70 %"] == {"frames": 1, "add_s_0.1d": 1.0}
+    assert bands["70 % or more"] == {"frames": 4, "add_s_0.1d": 0.5}
+    assert s["ambiguous_rotation_frames"] == 2 and s["ambiguous_right_up_to_axis_turn"] == 1
+    assert "ambiguous_rotation_frames" not in summarise(recs[:4], 0.1)
+
+
 def test_slide_along_the_box_is_corrected_while_an_occluder_covers_one_end():
     """Issue 7 (seed-3 pipeline scene): while an occluder covered one end of the box, a slide
     along the box's length was invisible to the tracking ICP and the pose drifted ~1.5 mm per
