@@ -787,6 +787,80 @@ def test_a_mug_detected_with_handle_and_logo_facing_away_is_not_confirmed(tmp_pa
     assert tr2.estimate(frame).pose_valid == handle_in_view
 
 
+class _CountingTruthCoarse(_TruthCoarse):
+    """:class:`_TruthCoarse` that counts its calls (each one a detection)."""
+
+    calls = 0
+
+    def estimate(self, frame, roi=None):
+        self.calls += 1
+        return super().estimate(frame, roi)
+
+
+def _one_mug_frame(tmp_path, seed):
+    """Frame 0 of the generator's 640x480 mug scene ``seed`` -> (frame, ground truth)."""
+    from gs2pose_ros.bop import BopScene
+    from gs2pose_ros.frame import Frame
+    from gs2pose_ros.synth import SynthConfig, generate
+
+    generate(SynthConfig(out=str(tmp_path / str(seed)), object="mug", frames=1, seed=seed, ref_views=0,
+                         progress=False))
+    scene = BopScene(tmp_path / str(seed) / "test" / "000000")
+    return Frame.validated(scene.rgb(0), scene.camera(0).K, scene.depth(0)), scene.gt(0)[0]
+
+
+def test_a_mug_ambiguous_about_its_axis_is_followed_without_detections(tmp_path, monkeypatch):
+    """Seed 8 frame 0 (handle and logo facing away) tracked frame after frame: the detection is
+    refused as ambiguous, and the next frames follow its pose without a detection (~0.3 s instead
+    of ~1.5 s), still not valid, reason AMBIGUOUS_ROTATION, the position right; after
+    ``follow_ambiguous_frames`` frames a detection runs again. Seed 12's frame shows the handle:
+    a pose held there 40 deg off about the axis still scores as well turned 20 deg, but the view
+    prefers it turned toward the handle, so it is not followed and the detection starts the track
+    (without that sweep it would have been followed)."""
+    import cv2
+
+    import gs2pose_ros.tracker as tracker_module
+    from gs2pose_ros.posenet.coarse import turned_about
+    from gs2pose_ros.synth.objects import make_object
+    from tracking_data import model_from_object
+
+    model, meta = model_from_object(make_object("mug"), 6000, 0)
+    frame, gt = _one_mug_frame(tmp_path, 8)
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = gt.R, gt.t
+    coarse = _CountingTruthCoarse(T)
+    tr = PoseTracker(model, meta, coarse=coarse, config={"try_flips": False, "follow_ambiguous_frames": 2},
+                     device="cpu")
+    reasons, calls = [], []
+    for _ in range(4):
+        est = tr.track(frame)
+        reasons.append(est.reason)
+        calls.append(coarse.calls)
+        assert not est.pose_valid and np.abs(est.T_cam_obj[:3, 3] - gt.t).max() < 0.01
+        if "followed_ambiguous_frames" in est.diagnostics:
+            assert "posenet" not in est.stages and "follow" in est.stages
+    assert reasons == [NotValidReason.AMBIGUOUS_ROTATION] * 4
+    assert calls == [1, 1, 1, 2]  # detected, followed twice, detected again
+
+    frame, gt = _one_mug_frame(tmp_path, 12)
+    T[:3, :3], T[:3, 3] = gt.R, gt.t
+
+    def held_40_deg_off(sweep: bool):
+        tr = PoseTracker(model, meta, coarse=_CountingTruthCoarse(T), config={"try_flips": False}, device="cpu")
+        (e, c), = tr._axes()
+        T_off = np.eye(4)
+        T_off[:3, :3], T_off[:3, 3] = turned_about(gt.R, gt.t, cv2.Rodrigues(e * np.radians(-40.0))[0], c)
+        tr._ambiguous = (T_off, tr.appearance, 0)
+        if not sweep:
+            monkeypatch.setattr(tracker_module, "AXIS_SWEEP_MAX_DEG", 0.0)
+        return tr, tr.track(frame)
+
+    tr, est = held_40_deg_off(sweep=True)
+    assert tr.coarse.calls == 1 and est.pose_valid and tr.state == TrackingState.TRACKING
+    tr, est = held_40_deg_off(sweep=False)
+    assert tr.coarse.calls == 0 and est.reason == NotValidReason.AMBIGUOUS_ROTATION and "follow" in est.stages
+
+
 @pytest.mark.parametrize("seed, turned_deg, handle_in_view", [(12, -40.0, True), (12, 25.0, True), (8, -40.0, False)])
 def test_a_detection_turned_about_the_mug_axis_is_turned_back_where_the_view_tells(tmp_path, monkeypatch, seed,
                                                                                    turned_deg, handle_in_view):
