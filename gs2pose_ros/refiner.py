@@ -1032,7 +1032,12 @@ class GSRefiner:
         T_out = T.detach().cpu().double().numpy()
         z = float((T_out[:3, :3] @ self.box_centre + T_out[:3, 3])[2])
         diag["depth_resolution_px"] = float(frame.K[0, 0]) * 0.1 * self.diameter ** 2 / max(z, 1e-6) ** 2
-        conf = combine_confidence(diag, depth is not None and bool((depth > 0).any()))
+        has_depth = depth is not None and bool((depth > 0).any())
+        conf = combine_confidence(diag, has_depth)
+        # what the fit says were all of the silhouette inside the image: the tracker compares two
+        # poses of an object cut by the border with it (the confidence favours the one that puts
+        # more of the object inside the image, right or not)
+        diag["confidence_in_view"] = combine_confidence({**diag, "in_image_fraction": 1.0}, has_depth)
         diag["confidence_raw_inputs"] = True
         return RefineResult(
             T_cam_obj=T_out,

@@ -113,6 +113,18 @@ def test_out_of_view_pose_has_zero_confidence(box_seq):
     assert r.confidence == 0.0 and r.iterations == 0
 
 
+def test_confidence_in_view_leaves_out_only_the_image_border(box_seq):
+    """``diagnostics["confidence_in_view"]`` is the confidence as if the whole silhouette were in
+    the image: the same for the box in full view; for the same fit with 10 % of the silhouette
+    inside the image, the confidence is scaled down (under 15 % seen) and the in-view one not."""
+    ref = GSRefiner(box_seq.model, box_seq.meta)
+    frame, T = box_seq.frames[0], box_seq.poses[0]
+    r = ref.score(frame, T)
+    assert r.diagnostics["in_image_fraction"] == 1.0 and r.diagnostics["confidence_in_view"] == r.confidence
+    d = {**r.diagnostics, "in_image_fraction": 0.1}
+    assert combine_confidence(d, True) < 0.5 * combine_confidence({**d, "in_image_fraction": 1.0}, True)
+
+
 def test_combine_confidence_bounds():
     good = {"rendered_pixels": 500, "depth_pixels": 500, "depth_inlier_ratio": 0.95, "silhouette_iou": 0.9,
             "ncc": 0.8, "visible_fraction": 1.0}

@@ -696,6 +696,29 @@ def test_a_half_turn_replaces_a_detection_only_on_clearly_better_texture():
     assert choose_half_turn(det, [_turn_result(0.986, 0.64)]) is det  # a better fit, worse print
 
 
+def test_half_turns_of_an_object_cut_by_the_border_are_weighed_as_if_in_view():
+    """Printed_box seed 7 frame 50, re-entering as a 12 % sliver: the right pose (NCC 0.81) scored
+    0.676 and its half-turns 0.913 and 0.932 (NCC 0.46 and 0.61) only because they put 1-2 % more
+    of the box inside the image (the confidence scales down under 15 % seen); as if in view all
+    three fit at 0.996, and the print picks the right one. Without the in-view confidences the
+    turn 179 deg off was chosen."""
+    from gs2pose_ros.refiner import RefineResult
+    from gs2pose_ros.tracker import choose_half_turn, in_view_confidence
+
+    def pose(conf, ncc, in_view=None):
+        d = {"ncc": ncc, "render_std": 0.2}
+        if in_view is not None:
+            d["confidence_in_view"] = in_view
+        return RefineResult(np.eye(4), conf, 12, 0.0, diagnostics=d)
+
+    det, turns = pose(0.676, 0.812, 0.996), [pose(0.913, 0.464, 0.996), pose(0.932, 0.614, 0.996), pose(0.121, 0.135, 0.515)]
+    assert choose_half_turn(det, turns) is det
+    assert in_view_confidence(det) == 0.996 and in_view_confidence(_turn_result(0.5, 0.3)) == 0.5
+    for r in [det] + turns:
+        del r.diagnostics["confidence_in_view"]
+    assert choose_half_turn(det, turns) is turns[1]
+
+
 def test_a_better_fit_overrules_the_print_only_against_a_marginal_or_tied_print():
     from gs2pose_ros.tracker import fit_overrules_print
 
