@@ -660,12 +660,16 @@ def test_a_half_turned_detection_cut_by_the_border_is_turned_back():
 
 def test_a_detection_from_a_sliver_at_the_border_is_not_confirmed():
     # 14 % of the box in the image: its half-turn fits as well as the truth (0.99 at 180 deg
-    # without the rule); a track may follow such a sliver, a detection is not confirmed
+    # without the rule); a track may follow such a sliver, a detection is not confirmed. Weighed
+    # as if in view (session 14), the detection 179 deg off, that turn and the truth tie at
+    # 0.98-1.0 and the print does not tell them apart by FLIP_NCC_MARGIN (0.69, 0.59, 0.79): the
+    # detection stays, at its own confidence (0.25, 10 % in the image), and is not valid either
+    # way; before, the turn (0.99) was chosen and held back by the sliver rule
     seq = _cut_by_border(-0.23)
     coarse = _HalfTurnCoarse(seq, axis=(0.0, 1.0, 0.0), shift=(0.0, 0.0, 0.03))
     est = PoseTracker(seq.model, seq.meta, coarse=coarse, config=FAST, device="cpu").estimate(seq.frames[0])
     assert not est.pose_valid and est.confidence <= 0.25, est.confidence
-    assert est.reason == NotValidReason.PARTLY_IN_VIEW
+    assert est.reason in (NotValidReason.PARTLY_IN_VIEW, NotValidReason.LOW_CONFIDENCE)
 
 
 def _turn_result(confidence, ncc, render_std=0.2):
