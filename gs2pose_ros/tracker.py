@@ -843,11 +843,14 @@ class PoseTracker:
                         best, best_T = s, T_turn
         return ref, best_T
 
-    def _ambiguous_about_axis(self, frame: Frame, result: RefineResult, stages: dict) -> bool:
+    def _ambiguous_about_axis(self, frame: Frame, result: RefineResult, stages: dict,
+                              ref: Optional[RefineResult] = None) -> bool:
         """Whether ``result``'s pose scores as well turned ``AXIS_PROBE_DEG`` either way about a
         near-symmetry axis of the model and the view does not tell the turn apart
         (:func:`view_tells_turn`); then ``diagnostics["ambiguous_about_axis"]`` holds that
-        score. Symmetric objects (scored with ADD-S) and models without such an axis: False."""
+        score. ``ref``: the pose's score with its appearance when the caller has it (it is not
+        scored again). Symmetric objects (scored with ADD-S) and models without such an axis:
+        False."""
         if not self._axis_rules_apply():
             return False
         t0 = time.perf_counter()
@@ -857,7 +860,8 @@ class PoseTracker:
             app = getattr(result, "_appearance", None) or self.appearance
             # the pose and its turns scored alike (score: no Pose-Net mask, no refinement), not
             # against the detection's own confidence
-            ref = self.refiner.score(frame, result.T_cam_obj, appearance=app)
+            if ref is None:
+                ref = self.refiner.score(frame, result.T_cam_obj, appearance=app)
             for axis in self._axes():
                 for sign in (-1.0, 1.0):
                     s = self.refiner.score(frame, _turned_about_axis(result.T_cam_obj, axis, sign * AXIS_PROBE_DEG),
@@ -893,9 +897,9 @@ class PoseTracker:
             return None
         r._appearance = app  # type: ignore[attr-defined]
         t0 = time.perf_counter()
-        _, turn = self._preferred_turn(frame, r.T_cam_obj, app)
+        ref, turn = self._preferred_turn(frame, r.T_cam_obj, app)
         stages["axis_turn"] = time.perf_counter() - t0
-        if turn is not None or not self._ambiguous_about_axis(frame, r, stages):
+        if turn is not None or not self._ambiguous_about_axis(frame, r, stages, ref=ref):
             return None
         r.diagnostics["followed_ambiguous_frames"] = float(followed + 1)
         self._ambiguous = (r.T_cam_obj.copy(), app, followed + 1)
