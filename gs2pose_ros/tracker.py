@@ -20,7 +20,7 @@ States (:class:`~gs2pose_ros.frame.TrackingState`):
   ``resume_frames`` frames after the last accepted pose, a frame whose re-detection confirms
   nothing also refines that pose (an object back where it was last seen, cut by the image border).
   In both, a detection refused only as ambiguous about a near-symmetry axis (a mug with handle
-  and logo out of sight) is followed from frame to frame at about a tracking step's cost, still
+  and logo out of sight) is followed from frame to frame at a tenth of a detection's cost, still
   not valid, for up to ``follow_ambiguous_frames`` frames or until the view prefers a turn
   about the axis; a detection then decides.
 
@@ -205,9 +205,9 @@ class TrackerConfig:
     resume_frames: int = 30
     # a detection refused only as ambiguous about a near-symmetry axis (REASON_AMBIGUOUS_ROTATION:
     # a mug with handle and logo out of sight, right but for that turn) is followed from frame to
-    # frame at about a tracking step's cost instead of a detection's, for up to this many frames
-    # before a detection runs again (0 turns this off): still reported as not valid, and only a
-    # detection starts a track (PoseTracker._follow_ambiguous)
+    # frame at a tenth of a detection's cost (a refinement and a sweep about the axis), for up to
+    # this many frames before a detection runs again (0 turns this off): still reported as not
+    # valid, and only a detection starts a track (PoseTracker._follow_ambiguous)
     follow_ambiguous_frames: int = 10
     num_threads: int = 0  # torch CPU threads (0 = leave torch's setting)
     refiner: dict = field(default_factory=dict)
@@ -839,7 +839,8 @@ class PoseTracker:
                 for sign in (-1.0, 1.0):
                     T_turn = _turned_about_axis(T_cam_obj, axis, sign * k * AXIS_SWEEP_STEP_DEG)
                     s = self.refiner.score(frame, T_turn, appearance=app)
-                    if _turn_preferred(s, ref) and (best is None or _turn_preference(s, ref) > _turn_preference(best, ref)):
+                    if _turn_preferred(s, ref) and \
+                            (best is None or _turn_preference(s, ref) > _turn_preference(best, ref)):
                         best, best_T = s, T_turn
         return ref, best_T
 
@@ -1087,7 +1088,8 @@ class PoseTracker:
                             result = resumed
                 if self.state != TrackingState.TRACKING and result is not None \
                         and "ambiguous_about_axis" in result.diagnostics and self.config.follow_ambiguous_frames > 0:
-                    self._ambiguous = (result.T_cam_obj.copy(), getattr(result, "_appearance", None) or self.appearance, 0)
+                    app = getattr(result, "_appearance", None) or self.appearance
+                    self._ambiguous = (result.T_cam_obj.copy(), app, 0)
         self.last_result = result
         latency = time.perf_counter() - t_start
         if result is None:

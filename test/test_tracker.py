@@ -715,7 +715,8 @@ def test_half_turns_of_an_object_cut_by_the_border_are_weighed_as_if_in_view():
             d["confidence_in_view"] = in_view
         return RefineResult(np.eye(4), conf, 12, 0.0, diagnostics=d)
 
-    det, turns = pose(0.676, 0.812, 0.996), [pose(0.913, 0.464, 0.996), pose(0.932, 0.614, 0.996), pose(0.121, 0.135, 0.515)]
+    det = pose(0.676, 0.812, 0.996)
+    turns = [pose(0.913, 0.464, 0.996), pose(0.932, 0.614, 0.996), pose(0.121, 0.135, 0.515)]
     assert choose_half_turn(det, turns) is det
     assert in_view_confidence(det) == 0.996 and in_view_confidence(_turn_result(0.5, 0.3)) == 0.5
     for r in [det] + turns:
