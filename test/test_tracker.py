@@ -776,6 +776,18 @@ class _TruthCoarse:
         return CoarseResult(self.T.copy(), 0.9, None)
 
 
+def _one_mug_frame(tmp_path, seed):
+    """Frame 0 of the generator's 640x480 mug scene ``seed`` -> (frame, ground truth)."""
+    from gs2pose_ros.bop import BopScene
+    from gs2pose_ros.frame import Frame
+    from gs2pose_ros.synth import SynthConfig, generate
+
+    generate(SynthConfig(out=str(tmp_path / str(seed)), object="mug", frames=1, seed=seed, ref_views=0,
+                         progress=False))
+    scene = BopScene(tmp_path / str(seed) / "test" / "000000")
+    return Frame.validated(scene.rgb(0), scene.camera(0).K, scene.depth(0)), scene.gt(0)[0]
+
+
 @pytest.mark.parametrize("seed, handle_in_view", [(8, False), (7, True)])
 def test_a_mug_detected_with_handle_and_logo_facing_away_is_not_confirmed(tmp_path, seed, handle_in_view,
                                                                              monkeypatch):
@@ -784,18 +796,12 @@ def test_a_mug_detected_with_handle_and_logo_facing_away_is_not_confirmed(tmp_pa
     0.99 before this check), seed 7 the handle. The true pose scores the same turned 20 deg about
     the body's axis in the first: nothing in view fixes that rotation, so the detection is not
     confirmed (no valid estimate, no track started)."""
-    from gs2pose_ros.bop import BopScene
-    from gs2pose_ros.frame import Frame
-    from gs2pose_ros.synth import SynthConfig, generate
     from gs2pose_ros.synth.objects import make_object
     from tracking_data import model_from_object
 
-    generate(SynthConfig(out=str(tmp_path), object="mug", frames=1, seed=seed, ref_views=0, progress=False))
-    scene = BopScene(tmp_path / "test" / "000000")
-    gt = scene.gt(0)[0]
+    frame, gt = _one_mug_frame(tmp_path, seed)
     T = np.eye(4)
     T[:3, :3], T[:3, 3] = gt.R, gt.t
-    frame = Frame.validated(scene.rgb(0), scene.camera(0).K, scene.depth(0))
     model, meta = model_from_object(make_object("mug"), 6000, 0)
     tr = PoseTracker(model, meta, coarse=_TruthCoarse(T), config={"try_flips": False}, device="cpu")
     est = tr.estimate(frame)
@@ -823,18 +829,6 @@ class _CountingTruthCoarse(_TruthCoarse):
     def estimate(self, frame, roi=None):
         self.calls += 1
         return super().estimate(frame, roi)
-
-
-def _one_mug_frame(tmp_path, seed):
-    """Frame 0 of the generator's 640x480 mug scene ``seed`` -> (frame, ground truth)."""
-    from gs2pose_ros.bop import BopScene
-    from gs2pose_ros.frame import Frame
-    from gs2pose_ros.synth import SynthConfig, generate
-
-    generate(SynthConfig(out=str(tmp_path / str(seed)), object="mug", frames=1, seed=seed, ref_views=0,
-                         progress=False))
-    scene = BopScene(tmp_path / str(seed) / "test" / "000000")
-    return Frame.validated(scene.rgb(0), scene.camera(0).K, scene.depth(0)), scene.gt(0)[0]
 
 
 def test_a_mug_ambiguous_about_its_axis_is_followed_without_detections(tmp_path, monkeypatch):
@@ -900,17 +894,11 @@ def test_a_detection_turned_about_the_mug_axis_is_turned_back_where_the_view_tel
     import cv2
 
     import gs2pose_ros.tracker as tracker_module
-    from gs2pose_ros.bop import BopScene
-    from gs2pose_ros.frame import Frame
     from gs2pose_ros.posenet.coarse import turned_about
-    from gs2pose_ros.synth import SynthConfig, generate
     from gs2pose_ros.synth.objects import make_object
     from tracking_data import model_from_object
 
-    generate(SynthConfig(out=str(tmp_path), object="mug", frames=1, seed=seed, ref_views=0, progress=False))
-    scene = BopScene(tmp_path / "test" / "000000")
-    gt = scene.gt(0)[0]
-    frame = Frame.validated(scene.rgb(0), scene.camera(0).K, scene.depth(0))
+    frame, gt = _one_mug_frame(tmp_path, seed)
     model, meta = model_from_object(make_object("mug"), 6000, 0)
 
     def estimate():
@@ -942,17 +930,11 @@ def test_the_print_does_not_pick_a_half_turn_about_an_axis_it_cannot_tell(tmp_pa
     the true pose's rotation about that axis, so it cannot pick the turn either: no valid pose
     (the turn was confirmed before; a network trained on the GPU detected seed 8 frame 1 that way
     and tracked the mug 140-178 deg off for 28 frames)."""
-    from gs2pose_ros.bop import BopScene
-    from gs2pose_ros.frame import Frame
     from gs2pose_ros.posenet.coarse import HALF_TURNS, turned_about
-    from gs2pose_ros.synth import SynthConfig, generate
     from gs2pose_ros.synth.objects import make_object
     from tracking_data import model_from_object
 
-    generate(SynthConfig(out=str(tmp_path), object="mug", frames=1, seed=8, ref_views=0, progress=False))
-    scene = BopScene(tmp_path / "test" / "000000")
-    gt = scene.gt(0)[0]
-    frame = Frame.validated(scene.rgb(0), scene.camera(0).K, scene.depth(0))
+    frame, gt = _one_mug_frame(tmp_path, 8)
     model, meta = model_from_object(make_object("mug"), 6000, 0)
     T = np.eye(4)
     T[:3, :3], T[:3, 3] = gt.R, gt.t
