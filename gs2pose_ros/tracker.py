@@ -888,7 +888,7 @@ class PoseTracker:
         detection per frame (1.3-1.6 s on two CPU cores, generated seed 8) for a pose right but for
         the turn about its axis (docs/tracking.md, session 14)."""
         held, self._ambiguous = self._ambiguous, None
-        if held is None or self.state == TrackingState.TRACKING or held[2] >= self.config.follow_ambiguous_frames:
+        if held is None or held[2] >= self.config.follow_ambiguous_frames:
             return None
         T, app, followed = held
         t0 = time.perf_counter()
