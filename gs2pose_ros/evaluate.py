@@ -10,6 +10,9 @@ Frames count as *visible* when the object's ``visib_fract`` (scene_gt_info.json)
 ``--min-visib`` (default 0.1, BOP's threshold), or, without gt info, when it has a ground truth
 that projects in front of the camera. ADD(-S)-0.1d is over visible frames; a frame without a valid
 pose counts as a miss. Out-of-view frames are checked for confident (``pose_valid``) poses.
+The same visible frames are scored with BOP 2019's average recall (AR, the mean of the VSD, MSSD
+and MSPD recalls, ``metrics.Bop19Evaluator``; VSD only where the frames have depth), which the BOP
+challenge ranks by and other trackers report.
 
 ``--init gt-perturbed`` replaces Pose-Net with the ground truth perturbed by 15 deg / 3 cm
 (a random pose while the object is out of view): for measuring the refiner and tracker before a
@@ -153,10 +156,12 @@ def _percentiles(x) -> dict:
 
 
 def evaluate_sequence(tracker, frames, gts, visible, evaluator, mode: str, coarse_stub=None,
-                      on_frame=None, axes=()) -> list[dict]:
+                      on_frame=None, axes=(), bop19=None) -> list[dict]:
     """Runs ``tracker`` over ``frames``; per-frame records (errors, state, confidence, latency).
     ``axes``: the object's near-symmetry axes (``mesh.near_symmetry_axes``, model frame): each
-    visible frame's ADD after the best turn about them is recorded too (``add_up_to_axis_turn``)."""
+    visible frame's ADD after the best turn about them is recorded too (``add_up_to_axis_turn``).
+    ``bop19``: a ``metrics.Bop19Evaluator``: each visible frame's VSD (with depth), MSSD and MSPD
+    are recorded too (``"bop19"``)."""
     from gs2pose_ros.frame import TrackingState
     from gs2pose_ros.metrics import add_up_to_axis_turn
 
@@ -182,6 +187,8 @@ def evaluate_sequence(tracker, frames, gts, visible, evaluator, mode: str, coars
                                   for a in axes)
                 rec.update({"add_up_to_axis_turn": e_turn, "axis_turn_deg": deg,
                             "correct_up_to_axis_turn": bool(e_turn < 0.1 * evaluator.diameter)})
+            if bop19 is not None:
+                rec["bop19"] = bop19.errors(est.T_cam_obj, T_gt, frame.K, frame.rgb.shape[1], frame.depth)
         recs.append(rec)
         prev_state = tracker.state
         if on_frame is not None:
@@ -195,7 +202,7 @@ VISIBILITY_BANDS = (("under 30 %", 0.0, 0.3), ("30-70 %", 0.3, 0.7), ("70 % or m
 
 
 def summarise(recs: list[dict], diameter: float) -> dict:
-    from gs2pose_ros.metrics import confidence_auc  # (scipy: not at import, `gs2pose --help` stays fast)
+    from gs2pose_ros.metrics import Bop19Evaluator, confidence_auc  # (scipy: not at import, `gs2pose --help` stays fast)
 
     vis = [r for r in recs if r["visible"]]
     out = [r for r in recs if not r["visible"]]
@@ -231,6 +238,17 @@ def summarise(recs: list[dict], diameter: float) -> dict:
         if amb:
             s["ambiguous_rotation_frames"] = len(amb)
             s["ambiguous_right_up_to_axis_turn"] = int(sum(r["correct_up_to_axis_turn"] for r in amb))
+        # BOP 2019's average recall: a frame without a valid pose is a miss, as in its results
+        # files (which hold valid poses only); and over every pose, and the ambiguous ones (VSD
+        # scores the visible surface only: a turn the view cannot fix is no error there)
+        scored = [r for r in vis if "bop19" in r]
+        if scored:
+            s["bop19"] = Bop19Evaluator.average_recall([r["bop19"] if r["pose_valid"] else None for r in scored],
+                                                       diameter)
+            s["bop19_ignoring_validity"] = Bop19Evaluator.average_recall([r["bop19"] for r in scored], diameter)
+            amb_scored = [r["bop19"] for r in amb if "bop19" in r]
+            if amb_scored:
+                s["ambiguous_bop19_ignoring_validity"] = Bop19Evaluator.average_recall(amb_scored, diameter)
     s["confident_out_of_view_frames"] = int(sum(r["pose_valid"] for r in out))
     s["latency_s"] = _percentiles([r["latency"] for r in recs])
     steps = [r["latency"] for r in recs if r.get("tracking_step")]
@@ -306,7 +324,16 @@ def _markdown(report: dict) -> str:
             for label, b in s["add_s_0.1d_by_visible_fraction"].items()))
     if "ambiguous_rotation_frames" in s:
         lines.append(f"- refused as ambiguous about a near-symmetry axis: {s['ambiguous_rotation_frames']} frames, "
-                     f"{s['ambiguous_right_up_to_axis_turn']} of them right but for the turn about it")
+                     f"{s['ambiguous_right_up_to_axis_turn']} of them right but for the turn about it"
+                     + (f" (their VSD recall {s['ambiguous_bop19_ignoring_validity']['ar_vsd']:.3f}, "
+                        f"MSSD {s['ambiguous_bop19_ignoring_validity']['ar_mssd']:.3f})"
+                        if "ar_vsd" in s.get("ambiguous_bop19_ignoring_validity", {}) else ""))
+    if s.get("bop19"):
+        def ar(d):
+            parts = [f"{k[3:].upper()} {d[k]:.3f}" for k in ("ar_vsd", "ar_mssd", "ar_mspd") if k in d]
+            return (f"AR {d['ar']:.3f} (" if "ar" in d else "(no VSD without depth; ") + ", ".join(parts) + ")"
+        lines.append(f"- BOP 2019 average recall, valid poses: {ar(s['bop19'])}; "
+                     f"any pose: {ar(s['bop19_ignoring_validity'])}")
     for key, unit in (("rotation_error_deg", "deg"), ("translation_error_mm", "mm")):
         if key in s:
             v = s[key]
@@ -342,8 +369,8 @@ def run_evaluation(dataset: str, obj: str, model_path: str, posenet_path: Option
 
     from gs2pose_ros.bop import BopDataset
     from gs2pose_ros.frame import Frame
-    from gs2pose_ros.mesh import near_symmetry_axes
-    from gs2pose_ros.metrics import PoseErrorEvaluator
+    from gs2pose_ros.mesh import MeshDepthRenderer, near_symmetry_axes
+    from gs2pose_ros.metrics import Bop19Evaluator, PoseErrorEvaluator, symmetry_transformations
     from gs2pose_ros.tracker import PoseTracker
 
     if threads > 0:
@@ -364,6 +391,9 @@ def run_evaluation(dataset: str, obj: str, model_path: str, posenet_path: Option
     # the axes a view may leave a turn about (a mug's body with the handle out of sight), found on
     # the ground-truth model (symmetric objects are scored with ADD-S: no turn to look for)
     axes = [] if info.symmetric else near_symmetry_axes(points, info.diameter)
+    bop19 = Bop19Evaluator(points, info.diameter,
+                           symmetry_transformations(info.symmetries_discrete, info.symmetries_continuous),
+                           MeshDepthRenderer(mesh.vertices, mesh.faces))
     if init == "posenet" and not posenet_path:
         raise ConfigError("--posenet is required (or --init gt-perturbed for development runs)")
     stub = PerturbedGroundTruth() if init == "gt-perturbed" else None
@@ -420,7 +450,7 @@ def run_evaluation(dataset: str, obj: str, model_path: str, posenet_path: Option
                 p = Path(f"{stem}_overlay_{_sid:06d}_{_ids[i]:06d}.png")
                 cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
-        recs = evaluate_sequence(tracker, frames_iter(), gts, vis, evaluator, mode, stub, on_frame, axes)
+        recs = evaluate_sequence(tracker, frames_iter(), gts, vis, evaluator, mode, stub, on_frame, axes, bop19)
         all_recs.extend(recs)
     summary = summarise(all_recs, info.diameter)
     report = {"dataset": str(dataset), "obj_id": obj_id, "object_name": tracker.object_name, "model": str(model_path),

@@ -13,12 +13,18 @@ millimetres); rotation errors in degrees.
   estimate about an axis of the object; for an object with a near-symmetry axis (a mug) it tells
   a pose that is right but for the turn the view cannot fix (handle out of sight) from one whose
   position or axis is wrong. Not a BOP metric; the project's diagnostic.
+- The BOP 2019 metrics (``vsd``, ``mssd``, ``mspd``, their recalls and the average recall AR,
+  :class:`Bop19Evaluator`), with the settings of bop_toolkit's ``scripts/eval_bop19_pose.py``.
+  VSD compares only the surface the camera sees, so a pose that is right but for a turn the view
+  cannot fix counts as right there (and wrong under MSSD and MSPD, which use the whole model and
+  the object's declared symmetries). Written here because bop_toolkit is not on PyPI.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -34,6 +40,13 @@ __all__ = [
     "PoseErrors",
     "PoseErrorEvaluator",
     "confidence_auc",
+    "symmetry_transformations",
+    "mssd",
+    "mspd",
+    "vsd",
+    "depth_to_distance",
+    "recall",
+    "Bop19Evaluator",
 ]
 
 
@@ -272,3 +285,224 @@ def confidence_auc(right, wrong) -> float:
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
     return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
+
+
+# --------------------------------------------------------------------------------------------------
+# BOP 2019: VSD, MSSD, MSPD and the average recall
+# --------------------------------------------------------------------------------------------------
+
+#: bop_toolkit's ``scripts/eval_bop19_pose.py``: VSD's visibility tolerance (metres; 15 mm for
+#: every dataset but ITODD), its misalignment tolerances and correctness thresholds (fractions of
+#: the diameter, and of the visible surface), MSSD's thresholds (fractions of the diameter), MSPD's
+#: (pixels at a 640-pixel-wide image, scaled by ``width / 640``), the step of a continuous
+#: symmetry's discretisation (fraction of the diameter the surface may move per step).
+BOP19_VSD_DELTA = 0.015
+BOP19_VSD_TAUS = tuple(round(0.05 * k, 2) for k in range(1, 11))
+BOP19_VSD_THRESHOLDS = BOP19_VSD_TAUS
+BOP19_MSSD_THRESHOLDS = BOP19_VSD_TAUS
+BOP19_MSPD_THRESHOLDS_PX = tuple(float(5 * k) for k in range(1, 11))
+BOP19_MAX_SYM_DISC_STEP = 0.01
+
+
+def symmetry_transformations(symmetries_discrete=(), symmetries_continuous=(),
+                             max_sym_disc_step: float = BOP19_MAX_SYM_DISC_STEP) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The object's symmetry transformations ``[(R [3, 3], t [3])]`` (model frame, metres), the
+    identity first, as bop_toolkit's ``misc.get_symmetry_transformations``: every discrete one
+    (4x4), each continuous one (``{"axis", "offset"}``) sampled every ``2 pi / ceil(pi /
+    max_sym_disc_step)`` (a point at the diameter moves at most that fraction of it per step), and
+    their compositions. (bop_toolkit leaves the identity out of a continuous sweep; here it is
+    kept: the minimum over the set can then only be the same or lower by the one step.)
+
+    Example:
+        >>> syms = symmetry_transformations([], [{"axis": [0, 0, 1], "offset": [0, 0, 0]}])
+        >>> len(syms)  # ceil(pi / 0.01) turns about z
+        315
+    """
+    disc = [(np.eye(3), np.zeros(3))]
+    for S in symmetries_discrete:
+        S = np.asarray(S, dtype=np.float64).reshape(4, 4)
+        disc.append((S[:3, :3], S[:3, 3]))
+    cont = []
+    for sym in symmetries_continuous:
+        a = _vec3(sym["axis"], "symmetry axis")
+        a = a / max(float(np.linalg.norm(a)), 1e-12)
+        o = _vec3(sym.get("offset", (0.0, 0.0, 0.0)), "symmetry offset")
+        n = int(math.ceil(math.pi / max_sym_disc_step))
+        Ka = np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
+        for i in range(n):
+            th = 2.0 * math.pi * i / n
+            R = np.eye(3) + math.sin(th) * Ka + (1.0 - math.cos(th)) * (Ka @ Ka)
+            cont.append((R, o - R @ o))  # about the axis through the offset
+    if not cont:
+        return disc
+    return [(Rc @ Rd, Rc @ td + tc) for Rd, td in disc for Rc, tc in cont]
+
+
+def _posed_under_symmetries(R_gt, t_gt, points, syms) -> np.ndarray:
+    """[S, N, 3]: the model points under the ground truth composed with each symmetry."""
+    R_g, t_g = _R(R_gt, "R_gt"), _vec3(t_gt, "t_gt")
+    Rs = np.stack([R_g @ R for R, _ in syms])               # [S, 3, 3]
+    ts = np.stack([R_g @ t + t_g for _, t in syms])         # [S, 3]
+    return np.einsum("sij,nj->sni", Rs, points) + ts[:, None, :]
+
+
+def mssd(R_est, t_est, R_gt, t_gt, points, syms=None) -> float:
+    """Maximum Symmetry-aware Surface Distance: over the symmetries, the least of the largest
+    distance between a model point under the estimate and under the ground truth (composed with
+    the symmetry). R_*: [3, 3], t_*: [3], points: [N, 3], syms: :func:`symmetry_transformations`
+    (None: the identity only) -> float (unit of t and points).
+
+    Example:
+        >>> mssd(np.eye(3), [0, 0, 0.5], np.eye(3), [0, 0, 0.51], np.zeros((4, 3)))  # doctest: +ELLIPSIS
+        0.0100...
+    """
+    p = _points(points)
+    e = _transform(_R(R_est, "R_est"), _vec3(t_est, "t_est"), p)
+    g = _posed_under_symmetries(R_gt, t_gt, p, syms or [(np.eye(3), np.zeros(3))])
+    return float(np.linalg.norm(g - e[None], axis=-1).max(axis=1).min())
+
+
+def _project(K: np.ndarray, x: np.ndarray) -> np.ndarray:
+    z = x[..., 2:3]
+    z = np.where(np.abs(z) < 1e-12, 1e-12, z)
+    return np.stack([K[0, 0] * x[..., 0] / z[..., 0] + K[0, 2], K[1, 1] * x[..., 1] / z[..., 0] + K[1, 2]], axis=-1)
+
+
+def mspd(R_est, t_est, R_gt, t_gt, K, points, syms=None) -> float:
+    """Maximum Symmetry-aware Projection Distance: as :func:`mssd` on the points' projections
+    (pixels). K: [3, 3] intrinsics.
+
+    Example:
+        >>> K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+        >>> mspd(np.eye(3), [0.01, 0, 0.5], np.eye(3), [0, 0, 0.5], K, np.zeros((4, 3)))
+        10.0
+    """
+    p = _points(points)
+    K = np.asarray(K, dtype=np.float64)
+    e = _project(K, _transform(_R(R_est, "R_est"), _vec3(t_est, "t_est"), p))
+    g = _project(K, _posed_under_symmetries(R_gt, t_gt, p, syms or [(np.eye(3), np.zeros(3))]))
+    return float(np.linalg.norm(g - e[None], axis=-1).max(axis=1).min())
+
+
+def depth_to_distance(depth, K) -> np.ndarray:
+    """[H, W] depth (z) -> distance from the camera centre along each pixel's ray, as bop_toolkit's
+    ``misc.depth_im_to_dist_im_fast`` (pixel ``(u, v)`` at ``u, v``); 0 stays 0 (no reading)."""
+    depth = np.asarray(depth, dtype=np.float64)
+    K = np.asarray(K, dtype=np.float64)
+    h, w = depth.shape
+    x = (np.arange(w) - K[0, 2]) / K[0, 0]
+    y = (np.arange(h) - K[1, 2]) / K[1, 1]
+    return depth * np.sqrt(x[None, :] ** 2 + y[:, None] ** 2 + 1.0)
+
+
+def vsd(dist_est, dist_gt, dist_test, delta: float, taus) -> list[float]:
+    """Visible Surface Discrepancy (BOP 2019: "bop19" visibility, step cost) per tolerance in
+    ``taus``, from [H, W] distance images (:func:`depth_to_distance`; 0 = no surface / no reading)
+    of the model under the estimate and the ground truth and of the test image.
+
+    A model pixel is visible where it lies at most ``delta`` behind the test image or the test has
+    no reading; the estimate's visible set also takes every ground-truth-visible pixel it covers.
+    Error = (pixels of the union not in both + pixels of both whose distances differ by ``tau`` or
+    more) / pixels of the union; 1 when the union is empty.
+
+    Example:
+        >>> d = np.zeros((4, 4)); d[1:3, 1:3] = 1.0
+        >>> vsd(d, d, d, 0.015, [0.01])
+        [0.0]
+        >>> vsd(d + (d > 0) * 0.05, d, d, 0.015, [0.01, 0.1])  # 5 cm too far: wrong at 1 cm, right at 10
+        [1.0, 0.0]
+    """
+    est, gt, test = (np.asarray(a, dtype=np.float64) for a in (dist_est, dist_gt, dist_test))
+    visib_gt = (gt > 0) & ((gt - test <= delta) | (test == 0))
+    visib_est = ((est > 0) & ((est - test <= delta) | (test == 0))) | (visib_gt & (est > 0))
+    inter = visib_gt & visib_est
+    union = int((visib_gt | visib_est).sum())
+    if union == 0:
+        return [1.0 for _ in taus]
+    comp = union - int(inter.sum())
+    d = np.abs(gt[inter] - est[inter])
+    return [float((int((d >= tau).sum()) + comp) / union) for tau in taus]
+
+
+def recall(errors, thresholds) -> float:
+    """BOP's recall of one metric: the mean over ``thresholds`` of the share of ``errors`` below
+    it; ``errors`` [N] (inf or NaN = no pose: a miss) or [N, T] (VSD: one column per tolerance,
+    each compared with every threshold). NaN for no errors.
+
+    Example:
+        >>> recall([0.01, 0.2, float("inf")], [0.05, 0.5])
+        0.5
+    """
+    e = np.asarray(errors, dtype=np.float64)
+    if e.size == 0:
+        return float("nan")
+    e = np.where(np.isfinite(e), e, np.inf)
+    th = np.asarray(thresholds, dtype=np.float64)
+    return float((e[..., None] < th).mean())
+
+
+class Bop19Evaluator:
+    """The BOP 2019 errors of poses of one object (:func:`vsd`, :func:`mssd`, :func:`mspd`) and
+    their average recall.
+
+    points: [N, 3] model points (metres), diameter (metres), syms: :func:`symmetry_transformations`,
+    renderer: a ``mesh.MeshDepthRenderer`` of the model (None: no VSD, e.g. without test depth).
+
+    Example::
+
+        ev = Bop19Evaluator(points, diameter, symmetry_transformations(...), MeshDepthRenderer(v, f))
+        e = ev.errors(T_est, T_gt, K, 640, depth)    # {"vsd": [10], "mssd": m, "mspd": px, "width": 640}
+        Bop19Evaluator.average_recall([e, None, ...], diameter)   # {"ar", "ar_vsd", ...}; None: no pose
+    """
+
+    def __init__(self, points, diameter: float, syms=None, renderer=None) -> None:
+        self.points = _points(points)
+        self.diameter = float(diameter)
+        self.syms = list(syms) if syms else [(np.eye(3), np.zeros(3))]
+        self.renderer = renderer
+
+    def errors(self, T_est, T_gt, K, width: int, depth=None) -> dict:
+        """``{"mssd": metres, "mspd": pixels, "width": width}`` plus ``"vsd"`` (one error per
+        ``BOP19_VSD_TAUS``) when there is a renderer and a test ``depth`` [H, W] (metres, 0 = no
+        reading). ``width``: the image's, which scales MSPD's thresholds."""
+        T_est, T_gt = np.asarray(T_est, dtype=np.float64), np.asarray(T_gt, dtype=np.float64)
+        out = {"mssd": mssd(T_est[:3, :3], T_est[:3, 3], T_gt[:3, :3], T_gt[:3, 3], self.points, self.syms),
+               "mspd": mspd(T_est[:3, :3], T_est[:3, 3], T_gt[:3, :3], T_gt[:3, 3], K, self.points, self.syms),
+               "width": int(width)}
+        if self.renderer is not None and depth is not None:
+            depth = np.nan_to_num(np.asarray(depth, dtype=np.float64), nan=0.0, posinf=0.0)
+            h, w = depth.shape
+            d_est = depth_to_distance(self.renderer.render(T_est, K, w, h), K)
+            d_gt = depth_to_distance(self.renderer.render(T_gt, K, w, h), K)
+            taus = [tau * self.diameter for tau in BOP19_VSD_TAUS]
+            out["vsd"] = vsd(d_est, d_gt, depth_to_distance(depth, K), BOP19_VSD_DELTA, taus)
+        return out
+
+    @staticmethod
+    def average_recall(errors: list, diameter: float) -> dict:
+        """``{"ar_mssd", "ar_mspd"}`` and, when every pose has VSD, ``"ar_vsd"`` and ``"ar"`` (their
+        mean, BOP's score) over ``errors`` (dicts of :meth:`errors`; None = no pose, a miss)."""
+        out = {}
+        if not errors:
+            return out
+        inf = float("inf")
+        out["ar_mssd"] = recall([e["mssd"] if e else inf for e in errors],
+                                [t * diameter for t in BOP19_MSSD_THRESHOLDS])
+        # MSPD's thresholds are for a 640-pixel-wide image: compare the error at that width
+        out["ar_mspd"] = recall([e["mspd"] * 640.0 / e["width"] if e else inf for e in errors],
+                                BOP19_MSPD_THRESHOLDS_PX)
+        if any(e is not None for e in errors) and all(e is None or "vsd" in e for e in errors):
+            out["ar_vsd"] = recall([e["vsd"] if e else [inf] * len(BOP19_VSD_TAUS) for e in errors],
+                                   BOP19_VSD_THRESHOLDS)
+            out["ar"] = (out["ar_vsd"] + out["ar_mssd"] + out["ar_mspd"]) / 3.0
+        return out
+        inf = float("inf")
+        out["ar_mssd"] = recall([e["mssd"] if e else inf for e in errors],
+                                [t * diameter for t in BOP19_MSSD_THRESHOLDS])
+        out["ar_mspd"] = recall([e["mspd"] if e else inf for e in errors],
+                                [t * width / 640.0 for t in BOP19_MSPD_THRESHOLDS_PX])
+        if all(e is None or "vsd" in e for e in errors) and any(e is not None for e in errors):
+            out["ar_vsd"] = recall([e["vsd"] if e else [inf] * len(BOP19_VSD_TAUS) for e in errors],
+                                   BOP19_VSD_THRESHOLDS)
+            out["ar"] = (out["ar_vsd"] + out["ar_mssd"] + out["ar_mspd"]) / 3.0
+        return out

@@ -8,12 +8,17 @@ from scipy.spatial.transform import Rotation
 
 from gs2pose_ros.errors import GeometryError
 from gs2pose_ros.metrics import (
+    BOP19_VSD_TAUS,
+    Bop19Evaluator,
     PoseErrorEvaluator,
     PoseErrors,
     add,
     add_up_to_axis_turn,
     adds,
+    mspd,
+    mssd,
     rotation_error_deg,
+    symmetry_transformations,
     translation_error,
 )
 
@@ -167,3 +172,83 @@ def test_add_up_to_axis_turn_forgives_only_the_turn_about_the_axis():
     R_tilt = R_g @ _rot([math.radians(30.0), 0.0, 0.0])
     e_tilt, _ = add_up_to_axis_turn(R_tilt, t_g, R_g, t_g, pts, axis)
     assert e_tilt > 0.1 * diameter
+
+
+def test_mssd_and_mspd_take_the_best_symmetry_and_the_worst_point():
+    """A cylinder (continuous symmetry about z): turned 37 deg about its axis it is right under
+    MSSD and MSPD (within the 0.01-diameter sampling of the symmetry), wrong without the symmetry
+    (the points on its rim move 19 mm); 1 cm off along x, both see the 1 cm (25 px at 0.4 m, f 1000)."""
+    pts = _cylinder_points()
+    syms = symmetry_transformations([], [{"axis": [0.0, 0.0, 1.0], "offset": [0.0, 0.0, 0.0]}])
+    assert len(syms) == 315 and np.allclose(syms[0][0], I3)
+    R_g, t_g = _rot([0.4, 0.1, -0.3]), np.array([0.02, 0.01, 0.4])
+    R_e = R_g @ _rot([0.0, 0.0, math.radians(37.0)])
+    K = np.array([[1000.0, 0.0, 320.0], [0.0, 1000.0, 240.0], [0.0, 0.0, 1.0]])
+    rim = 2 * 0.03 * math.sin(math.radians(37.0) / 2)
+    assert mssd(R_e, t_g, R_g, t_g, pts, syms) < 0.002
+    assert mssd(R_e, t_g, R_g, t_g, pts) == pytest.approx(rim, rel=1e-6)
+    assert mssd(R_g, t_g + [0.01, 0.0, 0.0], R_g, t_g, pts, syms) == pytest.approx(0.01, abs=1e-4)
+    assert mspd(R_e, t_g, R_g, t_g, K, pts, syms) < 5.0
+    assert mspd(R_g, t_g + [0.01, 0.0, 0.0], R_g, t_g, K, pts, syms) == pytest.approx(25.0, rel=0.2)
+    # a discrete symmetry (half-turn about x) composes with the continuous one
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])
+    both = symmetry_transformations([flip], [{"axis": [0.0, 0.0, 1.0], "offset": [0.0, 0.0, 0.0]}])
+    assert len(both) == 630
+    R_flipped = R_g @ _rot([math.pi, 0.0, 0.0]) @ _rot([0.0, 0.0, 0.5])
+    assert mssd(R_flipped, t_g, R_g, t_g, pts, both) < 0.002 < mssd(R_flipped, t_g, R_g, t_g, pts, syms)
+
+
+def test_average_recall_counts_a_missing_pose_as_a_miss():
+    """Two frames, one perfect and one without a pose: every recall is 0.5; MSPD's thresholds
+    scale with the image width (5 px at 640 is 10 px at 1280)."""
+    perfect = {"mssd": 0.0, "mspd": 0.0, "width": 640, "vsd": [0.0] * len(BOP19_VSD_TAUS)}
+    ar = Bop19Evaluator.average_recall([perfect, None], 0.1)
+    assert ar == {"ar_mssd": 0.5, "ar_mspd": 0.5, "ar_vsd": 0.5, "ar": 0.5}
+    half = Bop19Evaluator.average_recall([dict(perfect, mspd=7.0, width=1280)], 0.1)["ar_mspd"]
+    assert half == 1.0  # 7 px at 1280 is 3.5 px at 640: under every threshold
+    assert "ar" not in Bop19Evaluator.average_recall([{"mssd": 0.0, "mspd": 0.0, "width": 640}], 0.1)
+
+
+@pytest.fixture(scope="module")
+def mug_scene(tmp_path_factory):
+    """Frame 0 of the generator's 640x480 mug scene of seed 8 (handle and logo face away from the
+    camera) with its ground truth and ground-truth mesh."""
+    from gs2pose_ros.bop import BopDataset
+    from gs2pose_ros.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("mug8")
+    generate(SynthConfig(out=str(out), object="mug", frames=1, seed=8, ref_views=0, progress=False))
+    ds = BopDataset(out)
+    sc = ds.scene("test", 0)
+    gt = sc.gt(0)[0]
+    return sc.depth(0), sc.camera(0).K, gt.T, ds.load_model(1), ds.model_info(1)
+
+
+def test_vsd_scores_the_visible_surface_only(mug_scene):
+    """On a generated depth image (the ray-cast mesh at the ground truth within 0.8 mm of the
+    sensor's depth, median): the mug turned 20 deg about its body's axis with the handle out of
+    sight is right under VSD (0.0 at every tolerance; 0.04-0.13 turned 180 deg, the handle then in
+    view) and wrong under MSSD (0.2 d: the handle moved); 3 cm further away it is wrong under both
+    (VSD 0.96-1.0 up to tau 0.2 d)."""
+    from gs2pose_ros.mesh import MeshDepthRenderer, near_symmetry_axes
+
+    depth, K, T_gt, mesh, info = mug_scene
+    pts = np.asarray(mesh.vertices)
+    renderer = MeshDepthRenderer(mesh.vertices, mesh.faces)
+    rendered = renderer.render(T_gt, K, 640, 480)
+    on = (rendered > 0) & (depth > 0)
+    assert on.sum() > 2000 and np.median(np.abs(rendered[on] - depth[on])) < 0.003  # the sensor's surface
+    ev = Bop19Evaluator(pts, info.diameter, renderer=renderer)
+    e_gt = ev.errors(T_gt, T_gt, K, 640, depth)
+    assert max(e_gt["vsd"]) == 0.0 and e_gt["mssd"] < 1e-9
+    (axis, c), = near_symmetry_axes(pts, info.diameter)
+    R_turn = _rot(axis / np.linalg.norm(axis) * math.radians(20.0))
+    T_turn = T_gt.copy()
+    T_turn[:3, :3] = T_gt[:3, :3] @ R_turn
+    T_turn[:3, 3] = T_gt[:3, 3] + T_gt[:3, :3] @ (c - R_turn @ c)
+    e_turn = ev.errors(T_turn, T_gt, K, 640, depth)
+    assert max(e_turn["vsd"]) < 0.3 and e_turn["mssd"] > 0.1 * info.diameter
+    T_far = T_gt.copy()
+    T_far[:3, 3] *= 1.0 + 0.03 / np.linalg.norm(T_gt[:3, 3])
+    e_far = ev.errors(T_far, T_gt, K, 640, depth)
+    assert min(e_far["vsd"][:4]) > 0.5 and e_far["mssd"] > 0.02  # wrong at tau <= 0.2 d (26 mm)

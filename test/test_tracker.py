@@ -286,6 +286,11 @@ def test_eval_writes_valid_bop_csv(tmp_path):
                             config=FAST)
     s = report["summary"]
     assert s["frames"] == 2 and s["add_s_0.1d"] == 1.0
+    # BOP 2019's average recall beside ADD (the frames have depth: VSD too); tracked to a few mm on
+    # a 0.2 m box, right at most of the thresholds
+    assert set(s["bop19"]) == {"ar", "ar_vsd", "ar_mssd", "ar_mspd"} and s["bop19"]["ar"] > 0.7
+    assert all(len(rec["bop19"]["vsd"]) == 10 for rec in report["frames"])
+    assert "BOP 2019 average recall" in (tmp_path / "out" / "report.md").read_text()
     for rec in report["frames"]:  # the numbers behind each confidence, for calibration studies
         d = rec["diagnostics"]
         assert 0.9 <= d["depth_inlier_ratio"] <= 1.0 and 0.0 < d["silhouette_iou"] <= 1.0 and "ncc" in d
@@ -350,6 +355,13 @@ def test_summary_scores_by_share_in_view_and_checks_ambiguous_frames():
     assert bands["70 % or more"] == {"frames": 4, "add_s_0.1d": 0.5}
     assert s["ambiguous_rotation_frames"] == 2 and s["ambiguous_right_up_to_axis_turn"] == 1
     assert "ambiguous_rotation_frames" not in summarise(recs[:4], 0.1)
+    # BOP 2019's recall: a frame without a valid pose is a miss, unless validity is ignored; the
+    # ambiguous frames are scored apart (here the first is right under VSD, the second not)
+    for r, e in zip(recs, (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)):
+        r["bop19"] = {"mssd": e, "mspd": 100.0 * e, "width": 640, "vsd": [e] * 10}
+    s = summarise(recs, 0.1)
+    assert s["bop19"]["ar_mssd"] == pytest.approx(4 / 7) and s["bop19_ignoring_validity"]["ar_mssd"] == pytest.approx(5 / 7)
+    assert s["ambiguous_bop19_ignoring_validity"]["ar_vsd"] == pytest.approx(0.5)
 
 
 def test_slide_along_the_box_is_corrected_while_an_occluder_covers_one_end():
