@@ -28,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 from gs2pose_ros.errors import GeometryError
 
@@ -310,8 +311,8 @@ def symmetry_transformations(symmetries_discrete=(), symmetries_continuous=(),
     identity first, as bop_toolkit's ``misc.get_symmetry_transformations``: every discrete one
     (4x4), each continuous one (``{"axis", "offset"}``) sampled every ``2 pi / ceil(pi /
     max_sym_disc_step)`` (a point at the diameter moves at most that fraction of it per step), and
-    their compositions. (bop_toolkit leaves the identity out of a continuous sweep; here it is
-    kept: the minimum over the set can then only be the same or lower by the one step.)
+    their compositions. (bop_toolkit's sweep starts one step past the identity; here it starts
+    at it, so an exact pose scores 0.)
 
     Example:
         >>> syms = symmetry_transformations([], [{"axis": [0, 0, 1], "offset": [0, 0, 0]}])
@@ -328,10 +329,7 @@ def symmetry_transformations(symmetries_discrete=(), symmetries_continuous=(),
         a = a / max(float(np.linalg.norm(a)), 1e-12)
         o = _vec3(sym.get("offset", (0.0, 0.0, 0.0)), "symmetry offset")
         n = int(math.ceil(math.pi / max_sym_disc_step))
-        Ka = np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
-        for i in range(n):
-            th = 2.0 * math.pi * i / n
-            R = np.eye(3) + math.sin(th) * Ka + (1.0 - math.cos(th)) * (Ka @ Ka)
+        for R in Rotation.from_rotvec(np.outer(2.0 * np.pi * np.arange(n) / n, a)).as_matrix():
             cont.append((R, o - R @ o))  # about the axis through the offset
     if not cont:
         return disc
