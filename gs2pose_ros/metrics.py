@@ -361,6 +361,7 @@ def mssd(R_est, t_est, R_gt, t_gt, points, syms=None) -> float:
 
 
 def _project(K: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """[..., 3] camera-frame points -> [..., 2] pixels (numpy; ``camera.project`` is torch)."""
     z = x[..., 2:3]
     z = np.where(np.abs(z) < 1e-12, 1e-12, z)
     return np.stack([K[0, 0] * x[..., 0] / z[..., 0] + K[0, 2], K[1, 1] * x[..., 1] / z[..., 0] + K[1, 2]], axis=-1)
