@@ -336,12 +336,22 @@ def symmetry_transformations(symmetries_discrete=(), symmetries_continuous=(),
     return [(Rc @ Rd, Rc @ td + tc) for Rd, td in disc for Rc, tc in cont]
 
 
-def _posed_under_symmetries(R_gt, t_gt, points, syms) -> np.ndarray:
-    """[S, N, 3]: the model points under the ground truth composed with each symmetry."""
+def _posed_under_symmetries(R_est, t_est, R_gt, t_gt, points, syms) -> tuple[np.ndarray, np.ndarray]:
+    """The model points under the estimate [N, 3] and under the ground truth composed with each
+    symmetry [S, N, 3] (None: the identity only): what MSSD and MSPD both measure."""
+    p = _points(points)
+    e = _transform(_R(R_est, "R_est"), _vec3(t_est, "t_est"), p)
     R_g, t_g = _R(R_gt, "R_gt"), _vec3(t_gt, "t_gt")
+    syms = syms or [(np.eye(3), np.zeros(3))]
     Rs = np.stack([R_g @ R for R, _ in syms])               # [S, 3, 3]
     ts = np.stack([R_g @ t + t_g for _, t in syms])         # [S, 3]
-    return np.einsum("sij,nj->sni", Rs, points) + ts[:, None, :]
+    return e, np.einsum("sij,nj->sni", Rs, p) + ts[:, None, :]
+
+
+def _least_largest_distance(e: np.ndarray, g: np.ndarray) -> float:
+    """Over the symmetries, the least of the largest distance between ``e`` [N, D] and ``g[s]``
+    ([S, N, D])."""
+    return float(np.linalg.norm(g - e[None], axis=-1).max(axis=1).min())
 
 
 def mssd(R_est, t_est, R_gt, t_gt, points, syms=None) -> float:
@@ -354,10 +364,7 @@ def mssd(R_est, t_est, R_gt, t_gt, points, syms=None) -> float:
         >>> mssd(np.eye(3), [0, 0, 0.5], np.eye(3), [0, 0, 0.51], np.zeros((4, 3)))  # doctest: +ELLIPSIS
         0.0100...
     """
-    p = _points(points)
-    e = _transform(_R(R_est, "R_est"), _vec3(t_est, "t_est"), p)
-    g = _posed_under_symmetries(R_gt, t_gt, p, syms or [(np.eye(3), np.zeros(3))])
-    return float(np.linalg.norm(g - e[None], axis=-1).max(axis=1).min())
+    return _least_largest_distance(*_posed_under_symmetries(R_est, t_est, R_gt, t_gt, points, syms))
 
 
 def _project(K: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -376,11 +383,9 @@ def mspd(R_est, t_est, R_gt, t_gt, K, points, syms=None) -> float:
         >>> mspd(np.eye(3), [0.01, 0, 0.5], np.eye(3), [0, 0, 0.5], K, np.zeros((4, 3)))
         10.0
     """
-    p = _points(points)
     K = np.asarray(K, dtype=np.float64)
-    e = _project(K, _transform(_R(R_est, "R_est"), _vec3(t_est, "t_est"), p))
-    g = _project(K, _posed_under_symmetries(R_gt, t_gt, p, syms or [(np.eye(3), np.zeros(3))]))
-    return float(np.linalg.norm(g - e[None], axis=-1).max(axis=1).min())
+    e, g = _posed_under_symmetries(R_est, t_est, R_gt, t_gt, points, syms)
+    return _least_largest_distance(_project(K, e), _project(K, g))
 
 
 def depth_to_distance(depth, K) -> np.ndarray:
@@ -465,9 +470,11 @@ class Bop19Evaluator:
         ``BOP19_VSD_TAUS``) when there is a renderer and a test ``depth`` [H, W] (metres, 0 = no
         reading). ``width``: the image's, which scales MSPD's thresholds."""
         T_est, T_gt = np.asarray(T_est, dtype=np.float64), np.asarray(T_gt, dtype=np.float64)
-        out = {"mssd": mssd(T_est[:3, :3], T_est[:3, 3], T_gt[:3, :3], T_gt[:3, 3], self.points, self.syms),
-               "mspd": mspd(T_est[:3, :3], T_est[:3, 3], T_gt[:3, :3], T_gt[:3, 3], K, self.points, self.syms),
-               "width": int(width)}
+        K = np.asarray(K, dtype=np.float64)
+        # posed once for both (a continuous symmetry: 315 copies of the model)
+        e, g = _posed_under_symmetries(T_est[:3, :3], T_est[:3, 3], T_gt[:3, :3], T_gt[:3, 3], self.points, self.syms)
+        out = {"mssd": _least_largest_distance(e, g),
+               "mspd": _least_largest_distance(_project(K, e), _project(K, g)), "width": int(width)}
         if self.renderer is not None and depth is not None:
             depth = np.nan_to_num(np.asarray(depth, dtype=np.float64), nan=0.0, posinf=0.0)
             h, w = depth.shape
