@@ -535,6 +535,10 @@ class PoseTracker:
         self._hold_sliver(frame, r)
         return r, iterations
 
+    def _appearance_of(self, r: RefineResult) -> AppearanceState:
+        """The appearance copy ``r`` was refined with (a detection's own), else the track's."""
+        return getattr(r, "_appearance", None) or self.appearance
+
     def _hold_sliver(self, frame: Frame, r: RefineResult) -> None:
         """A detection ``r`` seen under ``DETECT_MIN_SEEN`` is held at ``_worth_a_second_look``
         (not confirmed) unless its print tells it from its half-turns
@@ -548,8 +552,7 @@ class PoseTracker:
             if self._texture_tells_half_turns(frame, d):
                 d["sliver_told_by_texture"] = float(d["ncc"])
                 return
-        elif not (self._clearly_textured(frame, d) and "half_turn_ncc" in d
-                  and d.get("ncc", 0.0) < d["half_turn_ncc"] + SLIVER_NCC_MARGIN):
+        elif not (self._clearly_textured(frame, d) and "half_turn_ncc" in d) or _print_leads_half_turns(d):
             return
         d["confidence_before_sliver_rule"] = float(r.confidence)
         r.confidence = self._worth_a_second_look
@@ -705,8 +708,7 @@ class PoseTracker:
         """Whether a detection's diagnostics ``d`` show a clearly textured render that correlates
         with the image (``SLIVER_MIN_NCC``) clearly better than its refined half-turns did
         (``half_turn_ncc``, from :meth:`_best_flip`)."""
-        return cls._clearly_textured(frame, d) and "half_turn_ncc" in d and \
-            d.get("ncc", 0.0) >= SLIVER_MIN_NCC and d["ncc"] >= d["half_turn_ncc"] + SLIVER_NCC_MARGIN
+        return cls._clearly_textured(frame, d) and d.get("ncc", 0.0) >= SLIVER_MIN_NCC and _print_leads_half_turns(d)
 
     def _refine_candidate(self, frame: Frame, T_c: np.ndarray, mask: Optional[np.ndarray],
                           stages: dict) -> RefineResult:
@@ -820,7 +822,7 @@ class PoseTracker:
         if r.confidence < self.config.accept_threshold or not self._axis_rules_apply() or not self._axes():
             return r, 0
         t0 = time.perf_counter()
-        app = getattr(r, "_appearance", None) or self.appearance
+        app = self._appearance_of(r)
         ref, best_T = self._preferred_turn(frame, r.T_cam_obj, app)
         spent = 0
         if best_T is not None:
@@ -871,7 +873,7 @@ class PoseTracker:
         try:
             if not self._axes():
                 return False
-            app = getattr(result, "_appearance", None) or self.appearance
+            app = self._appearance_of(result)
             # the pose and its turns scored alike (score: no Pose-Net mask, no refinement), not
             # against the detection's own confidence
             if ref is None:
@@ -918,6 +920,30 @@ class PoseTracker:
         r.diagnostics["followed_ambiguous_frames"] = float(followed + 1)
         self._ambiguous = (r.T_cam_obj.copy(), app, followed + 1)
         return r
+
+    def _detect_or_resume(self, frame: Frame, stages: dict) -> tuple[Optional[RefineResult], int]:
+        """While INITIALIZING or LOST: a detection, confirmed or not, then (within
+        ``resume_frames``) the last pose resumed when the detection is not confirmed; the better
+        of the two is the result, a confirmed one starts a track. A result left ambiguous about a
+        near-symmetry axis is kept for :meth:`_follow_ambiguous`. -> ``(result or None, iterations)``."""
+        result, iters = None, 0
+        if self.coarse is not None:
+            result, iters = self._detect(frame, stages)
+        if result is not None and self._confirmed(frame, result, stages):
+            self._accept(result, new_track=True, stamp=frame.stamp)
+        else:
+            resumed = self._resume(frame, stages)
+            if resumed is not None:
+                iters += resumed.iterations
+                if self._confirmed(frame, resumed, stages):
+                    result = resumed
+                    self._accept(resumed, new_track=True, stamp=frame.stamp, resumed=True)
+                elif result is None or resumed.confidence > result.confidence:
+                    result = resumed
+        if self.state != TrackingState.TRACKING and result is not None \
+                and "ambiguous_about_axis" in result.diagnostics and self.config.follow_ambiguous_frames > 0:
+            self._ambiguous = (result.T_cam_obj.copy(), self._appearance_of(result), 0)
+        return result, iters
 
     def _mask_on_pose(self, mask: np.ndarray, T_cam_obj: np.ndarray, K: np.ndarray) -> float:
         """Share of the ``[H, W]`` bool ``mask`` inside the convex hull of the model's projected
@@ -1086,23 +1112,7 @@ class PoseTracker:
             if result is not None:  # still right but for the turn the view cannot fix
                 iters = result.iterations
             else:
-                if self.coarse is not None:
-                    result, iters = self._detect(frame, stages)
-                if result is not None and self._confirmed(frame, result, stages):
-                    self._accept(result, new_track=True, stamp=frame.stamp)
-                else:
-                    resumed = self._resume(frame, stages)
-                    if resumed is not None:
-                        iters += resumed.iterations
-                        if self._confirmed(frame, resumed, stages):
-                            result = resumed
-                            self._accept(resumed, new_track=True, stamp=frame.stamp, resumed=True)
-                        elif result is None or resumed.confidence > result.confidence:
-                            result = resumed
-                if self.state != TrackingState.TRACKING and result is not None \
-                        and "ambiguous_about_axis" in result.diagnostics and self.config.follow_ambiguous_frames > 0:
-                    app = getattr(result, "_appearance", None) or self.appearance
-                    self._ambiguous = (result.T_cam_obj.copy(), app, 0)
+                result, iters = self._detect_or_resume(frame, stages)
         self.last_result = result
         latency = time.perf_counter() - t_start
         if result is None:
@@ -1176,6 +1186,12 @@ class PoseTracker:
             label += f" ({estimate.reason.name.lower().replace('_', ' ')})"
         cv2.putText(img, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, tuple(int(v) for v in colour), 1, cv2.LINE_AA)
         return img
+
+
+def _print_leads_half_turns(d: dict) -> bool:
+    """Whether a detection's NCC leads its refined half-turns' (``half_turn_ncc``, from
+    :meth:`PoseTracker._best_flip`; False without it) by ``SLIVER_NCC_MARGIN``."""
+    return "half_turn_ncc" in d and d.get("ncc", 0.0) >= d["half_turn_ncc"] + SLIVER_NCC_MARGIN
 
 
 def _seen(d: dict) -> float:
