@@ -394,26 +394,16 @@ class MeshDepthRenderer:
         v = np.asarray(vertices, dtype=np.float64)
         f = np.asarray(faces, dtype=np.int64)
         self._body = Body([Surface(v, f, vertex_colors=np.zeros_like(v))], name="model")
-        self._corners = self._body.corners()
 
     def render(self, T_cam_obj, K, width: int, height: int) -> np.ndarray:
         """[height, width] camera depth (z, metres) of the nearest surface, 0 where there is none."""
-        from gs2pose_ros.synth.raycast import cast, pixel_rays
+        from gs2pose_ros.synth.raycast import cast, pixel_rays, projected_bounds
 
         T = np.asarray(T_cam_obj, dtype=np.float64)
         K = np.asarray(K, dtype=np.float64)
         depth = np.zeros((height, width))
-        c = self._corners @ T[:3, :3].T + T[:3, 3]
-        if (c[:, 2] <= 0).all():
-            return depth  # behind the camera
-        if (c[:, 2] > 1e-6).all():
-            # the box's projection bounds the mesh's: cast over that rectangle only
-            u = K[0, 0] * c[:, 0] / c[:, 2] + K[0, 2]
-            v = K[1, 1] * c[:, 1] / c[:, 2] + K[1, 2]
-            x0, x1 = max(0, int(np.floor(u.min()))), min(width, int(np.ceil(u.max())) + 1)
-            y0, y1 = max(0, int(np.floor(v.min()))), min(height, int(np.ceil(v.max())) + 1)
-        else:  # the box straddles the camera plane: the whole image
-            x0, x1, y0, y1 = 0, width, 0, height
+        # the box's projection bounds the mesh's: cast over that rectangle only
+        x0, x1, y0, y1 = projected_bounds(self._body, T, K, (0, width), (0, height))
         if x1 <= x0 or y1 <= y0:
             return depth
         dirs = pixel_rays(K, x1 - x0, y1 - y0, x0, y0)[0].reshape(-1, 3)

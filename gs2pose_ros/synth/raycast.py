@@ -234,6 +234,23 @@ def cast(instances: Sequence[Instance], origins: np.ndarray, dirs: np.ndarray) -
     return hits
 
 
+def projected_bounds(body: Body, T_cam_body: np.ndarray, K: np.ndarray, x_range: tuple[int, int],
+                     y_range: tuple[int, int], near: float = 1e-3) -> tuple[int, int, int, int]:
+    """Pixels ``[x0, x1) x [y0, y1)`` that the body's projected bounding box can cover, clipped
+    to ``x_range`` x ``y_range`` (the pixel centres past ``ceil`` of the box's extent miss it):
+    ``(x0, x1, y0, y1)``; empty (all 0) when the box lies behind ``near``, the whole ranges when it
+    straddles it (its projection is unbounded)."""
+    c = body.corners() @ np.asarray(T_cam_body, dtype=np.float64)[:3, :3].T + np.asarray(T_cam_body)[:3, 3]
+    if np.all(c[:, 2] > near):
+        u = K[0, 0] * c[:, 0] / c[:, 2] + K[0, 2]
+        v = K[1, 1] * c[:, 1] / c[:, 2] + K[1, 2]
+        return (max(x_range[0], int(np.floor(u.min()))), min(x_range[1], int(np.ceil(u.max()))),
+                max(y_range[0], int(np.floor(v.min()))), min(y_range[1], int(np.ceil(v.max()))))
+    if np.all(c[:, 2] <= near):
+        return 0, 0, 0, 0
+    return x_range[0], x_range[1], y_range[0], y_range[1]
+
+
 def pixel_rays(K: np.ndarray, width: int, height: int, x0: int = 0, y0: int = 0,
                offsets: Sequence[tuple[float, float]] = ((0.5, 0.5),)) -> np.ndarray:
     """Camera-frame ray directions ``(x, y, 1)`` [len(offsets), h, w, 3] through the points

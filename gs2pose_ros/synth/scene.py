@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gs2pose_ros.synth.raycast import Body, Light, Surface, cast, pixel_rays, shade
+from gs2pose_ros.synth.raycast import Body, Light, Surface, cast, pixel_rays, projected_bounds, shade
 
 # --------------------------------------------------------------------------------------------
 # Small geometry helpers (numpy, metres)
@@ -504,17 +504,8 @@ class FrameRenderer:
         outside the image (cast on the part of an enlarged canvas that the target can reach)."""
         W, H = self.W, self.H
         ys, xs = np.nonzero(in_image)
-        corners = target.corners() @ T_cam_target[:3, :3].T + T_cam_target[:3, 3]
         lo_x, lo_y, hi_x, hi_y = -W * (self.CANVAS - 1) // 2, -H * (self.CANVAS - 1) // 2, W * (self.CANVAS + 1) // 2, H * (self.CANVAS + 1) // 2
-        if np.all(corners[:, 2] > 1e-3):
-            u = self.K[0, 0] * corners[:, 0] / corners[:, 2] + self.K[0, 2]
-            v = self.K[1, 1] * corners[:, 1] / corners[:, 2] + self.K[1, 2]
-            x0, x1 = max(lo_x, int(math.floor(u.min()))), min(hi_x, int(math.ceil(u.max())))
-            y0, y1 = max(lo_y, int(math.floor(v.min()))), min(hi_y, int(math.ceil(v.max())))
-        elif np.all(corners[:, 2] <= 1e-3):
-            x0 = x1 = y0 = y1 = 0
-        else:
-            x0, x1, y0, y1 = lo_x, hi_x, lo_y, hi_y
+        x0, x1, y0, y1 = projected_bounds(target, T_cam_target, self.K, (lo_x, hi_x), (lo_y, hi_y))
         if x1 <= x0 or y1 <= y0 or (x0 >= 0 and y0 >= 0 and x1 <= W and y1 <= H):
             n = int(xs.size)
             if n == 0:
